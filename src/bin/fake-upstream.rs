@@ -1,0 +1,522 @@
+//! A stand-in for llama-server, used by swapd's integration tests as a real child process.
+//!
+//! It is deliberately small and dependency-light: a thread per connection and a hand-written
+//! HTTP/1.1 parser give full control over what goes on the wire and when it is flushed, which
+//! is what the tests need (incremental SSE streams, keep-alive, a connection closed without
+//! warning after a stream, garbage bytes, hangs, crashes mid-stream). Flags simulate slow model
+//! loading, late binding, ignored SIGTERM, crashes, failures at startup and forked
+//! grandchildren. It logs to stdout and stderr so that log capture can be tested too.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::exit;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+
+/// The largest request head or body accepted; anything bigger is answered with 400.
+const MAX_HEAD: u64 = 64 * 1024;
+const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// Command-line options; see the usage text.
+#[derive(Clone, Debug)]
+struct Opts {
+    port: u16,
+    model: String,
+    startup_delay_ms: u64,
+    listen_delay_ms: u64,
+    ignore_sigterm: bool,
+    exit_after_ms: Option<u64>,
+    exit_immediately: Option<i32>,
+    fork_grandchild: bool,
+    close_after_stream: bool,
+    stream_interval_ms: u64,
+    stream_chunks: u64,
+    pid_file: Option<String>,
+}
+
+const USAGE: &str = "usage: fake-upstream --port N [--model NAME] [--startup-delay-ms N] \
+[--listen-delay-ms N] [--ignore-sigterm] [--exit-after-ms N] [--exit-immediately CODE] \
+[--fork-grandchild] [--close-after-stream] [--stream-interval-ms N] [--stream-chunks N] \
+[--pid-file PATH]";
+
+fn parse_args() -> Result<Opts, String> {
+    let mut o = Opts {
+        port: 0,
+        model: "fake".into(),
+        startup_delay_ms: 0,
+        listen_delay_ms: 0,
+        ignore_sigterm: false,
+        exit_after_ms: None,
+        exit_immediately: None,
+        fork_grandchild: false,
+        close_after_stream: false,
+        stream_interval_ms: 10,
+        stream_chunks: 5,
+        pid_file: None,
+    };
+    let mut port = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        // Both `--flag value` and `--flag=value` are accepted.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) => (f.to_string(), Some(v.to_string())),
+            None => (arg.clone(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or(format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--port" => port = Some(num(&flag, value()?)?),
+            "--model" => o.model = value()?,
+            "--startup-delay-ms" => o.startup_delay_ms = num(&flag, value()?)?,
+            "--listen-delay-ms" => o.listen_delay_ms = num(&flag, value()?)?,
+            "--exit-after-ms" => o.exit_after_ms = Some(num(&flag, value()?)?),
+            "--exit-immediately" => o.exit_immediately = Some(num(&flag, value()?)?),
+            "--stream-interval-ms" => o.stream_interval_ms = num(&flag, value()?)?,
+            "--stream-chunks" => o.stream_chunks = num(&flag, value()?)?,
+            "--pid-file" => o.pid_file = Some(value()?),
+            "--ignore-sigterm" => o.ignore_sigterm = true,
+            "--fork-grandchild" => o.fork_grandchild = true,
+            "--close-after-stream" => o.close_after_stream = true,
+            "-h" | "--help" => return Err(USAGE.into()),
+            _ => return Err(format!("unknown argument {arg:?}\n{USAGE}")),
+        }
+    }
+    o.port = port.ok_or(format!("--port is required\n{USAGE}"))?;
+    Ok(o)
+}
+
+/// Parses a flag's numeric value.
+fn num<T: std::str::FromStr>(flag: &str, v: String) -> Result<T, String> {
+    v.parse()
+        .map_err(|_| format!("{flag}: invalid number {v:?}"))
+}
+
+fn main() {
+    let started = Instant::now();
+    let opts = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            exit(2);
+        }
+    };
+    if let Some(code) = opts.exit_immediately {
+        eprintln!("fatal: simulated failure");
+        exit(code);
+    }
+    if opts.ignore_sigterm {
+        // SAFETY: installing SIG_IGN has no handler code to run and is async-signal-safe.
+        unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    }
+    let pid = std::process::id();
+    if let Some(path) = &opts.pid_file {
+        if let Err(e) = std::fs::write(path, format!("{pid}\n")) {
+            eprintln!("fake-upstream: cannot write pid file {path}: {e}");
+            exit(2);
+        }
+    }
+    eprintln!("fake-upstream: starting model {} (pid {pid})", opts.model);
+    if opts.fork_grandchild {
+        // The grandchild inherits stdout and stderr, so the pipes stay open after we die.
+        match std::process::Command::new("sleep").arg("1000").spawn() {
+            Ok(child) => eprintln!("fake-upstream: spawned grandchild pid {}", child.id()),
+            Err(e) => eprintln!("fake-upstream: cannot spawn grandchild: {e}"),
+        }
+    }
+    if let Some(ms) = opts.exit_after_ms {
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(ms));
+            eprintln!("fake-upstream: simulated crash after {ms} ms");
+            exit(3);
+        });
+    }
+    thread::sleep(Duration::from_millis(opts.listen_delay_ms));
+    let listener = match TcpListener::bind(("127.0.0.1", opts.port)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("fake-upstream: cannot bind 127.0.0.1:{}: {e}", opts.port);
+            exit(1);
+        }
+    };
+    // With `--port 0` the kernel picks the port; report the real one.
+    let port = listener.local_addr().map_or(opts.port, |a| a.port());
+    println!("fake-upstream: listening on 127.0.0.1:{port}");
+    let ctx = Arc::new((opts, started));
+    for conn in listener.incoming() {
+        let Ok(stream) = conn else { continue };
+        let ctx = Arc::clone(&ctx);
+        thread::spawn(move || {
+            // Errors here only mean the client went away.
+            let _ = serve_connection(stream, &ctx.0, ctx.1);
+        });
+    }
+}
+
+/// One parsed request.
+struct Request {
+    method: String,
+    target: String,
+    version: String,
+    /// Lowercased names, in order of arrival.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+
+    fn query(&self, key: &str) -> Option<&str> {
+        let (_, query) = self.target.split_once('?')?;
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    fn wants_close(&self) -> bool {
+        let conn = self.header("connection").unwrap_or("").to_ascii_lowercase();
+        conn.contains("close") || (self.version == "HTTP/1.0" && !conn.contains("keep-alive"))
+    }
+}
+
+fn bad(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// Reads one CRLF- (or LF-) terminated line of at most `MAX_HEAD` bytes; `None` on clean EOF.
+fn read_line(r: &mut impl BufRead) -> io::Result<Option<String>> {
+    let mut line = Vec::new();
+    r.take(MAX_HEAD).read_until(b'\n', &mut line)?;
+    if line.is_empty() {
+        return Ok(None);
+    }
+    if line.last() != Some(&b'\n') {
+        return Err(bad("line too long or truncated"));
+    }
+    let text = String::from_utf8_lossy(&line);
+    Ok(Some(text.trim_end_matches(['\r', '\n']).to_string()))
+}
+
+/// Reads the next request; `Ok(None)` when the client closed the connection between requests.
+fn read_request(r: &mut impl BufRead, w: &mut TcpStream) -> io::Result<Option<Request>> {
+    let Some(line) = read_line(r)? else {
+        return Ok(None);
+    };
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad(format!("malformed request line {line:?}")));
+    };
+    let mut req = Request {
+        method: method.to_string(),
+        target: target.to_string(),
+        version: version.to_string(),
+        headers: Vec::new(),
+        body: Vec::new(),
+    };
+    loop {
+        let line = read_line(r)?.ok_or_else(|| bad("eof in headers"))?;
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| bad("malformed header"))?;
+        req.headers
+            .push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+    }
+    if req
+        .header("expect")
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+    {
+        w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+    }
+    let chunked = req
+        .header("transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    if chunked {
+        loop {
+            let size_line = read_line(r)?.ok_or_else(|| bad("eof in chunked body"))?;
+            let hex = size_line.split(';').next().unwrap_or("").trim();
+            let size = usize::from_str_radix(hex, 16).map_err(|_| bad("bad chunk size"))?;
+            if size == 0 {
+                // Skip trailers up to the blank line.
+                while !read_line(r)?
+                    .ok_or_else(|| bad("eof in trailers"))?
+                    .is_empty()
+                {}
+                break;
+            }
+            if req.body.len() + size > MAX_BODY {
+                return Err(bad("body too large"));
+            }
+            let start = req.body.len();
+            req.body.resize(start + size, 0);
+            r.read_exact(&mut req.body[start..])?;
+            read_line(r)?; // The CRLF after the chunk data.
+        }
+    } else if let Some(len) = req.header("content-length") {
+        let len: usize = len.parse().map_err(|_| bad("bad content-length"))?;
+        if len > MAX_BODY {
+            return Err(bad("body too large"));
+        }
+        req.body.resize(len, 0);
+        r.read_exact(&mut req.body)?;
+    }
+    Ok(Some(req))
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}
+
+/// Writes a complete response with a Content-Length body in one write.
+fn respond(
+    w: &mut TcpStream,
+    status: u16,
+    ctype: &str,
+    body: &[u8],
+    close: bool,
+) -> io::Result<()> {
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{}\r\n",
+        reason(status),
+        body.len(),
+        if close { "Connection: close\r\n" } else { "" }
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    w.write_all(&out)?;
+    w.flush()
+}
+
+fn respond_json(w: &mut TcpStream, status: u16, v: &Value, close: bool) -> io::Result<()> {
+    respond(
+        w,
+        status,
+        "application/json",
+        v.to_string().as_bytes(),
+        close,
+    )
+}
+
+/// Starts a chunked response; every `chunk` call is one flushed HTTP chunk.
+fn start_chunked(w: &mut TcpStream, ctype: &str) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nCache-Control: no-cache\r\n\
+         Transfer-Encoding: chunked\r\n\r\n"
+    );
+    w.write_all(head.as_bytes())?;
+    w.flush()
+}
+
+fn chunk(w: &mut TcpStream, data: &[u8]) -> io::Result<()> {
+    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    w.write_all(&out)?;
+    w.flush()
+}
+
+fn end_chunked(w: &mut TcpStream) -> io::Result<()> {
+    w.write_all(b"0\r\n\r\n")?;
+    w.flush()
+}
+
+fn timings(n: u64) -> Value {
+    json!({"prompt_n": 25, "prompt_ms": 13.0, "predicted_n": n, "predicted_ms": 17.0,
+           "prompt_per_second": 1923.0, "predicted_per_second": 294.1, "cache_n": 3})
+}
+
+fn usage(n: u64) -> Value {
+    json!({"prompt_tokens": 25, "completion_tokens": n, "total_tokens": 25 + n})
+}
+
+/// Serves requests on one connection until either side closes it.
+fn serve_connection(stream: TcpStream, opts: &Opts, started: Instant) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut w = stream.try_clone()?;
+    let mut r = BufReader::new(stream);
+    loop {
+        let req = match read_request(&mut r, &mut w) {
+            Ok(Some(req)) => req,
+            Ok(None) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                eprintln!("fake-upstream: bad request: {e}");
+                let body = json!({"error": {"code": 400, "message": e.to_string()}});
+                return respond_json(&mut w, 400, &body, true);
+            }
+            Err(e) => return Err(e),
+        };
+        println!(
+            "fake-upstream[{}]: {} {} ({} bytes)",
+            opts.model,
+            req.method,
+            req.target,
+            req.body.len()
+        );
+        let keep_alive = handle(&req, &mut w, opts, started)? && !req.wants_close();
+        if !keep_alive {
+            let _ = w.shutdown(Shutdown::Both);
+            return Ok(());
+        }
+    }
+}
+
+/// Answers one request; returns whether the connection may be reused.
+fn handle(req: &Request, w: &mut TcpStream, opts: &Opts, started: Instant) -> io::Result<bool> {
+    let close = req.wants_close();
+    let path = req.path();
+    if req.method != "POST" {
+        if path == "/health" {
+            let loading = started.elapsed() < Duration::from_millis(opts.startup_delay_ms);
+            let (status, state) = if loading {
+                (503, "loading")
+            } else {
+                (200, "ok")
+            };
+            respond_json(w, status, &json!({ "status": state }), close)?;
+        } else if path == "/slow" {
+            let n = req
+                .query("chunks")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(opts.stream_chunks);
+            let ms = req
+                .query("interval_ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(opts.stream_interval_ms);
+            start_chunked(w, "text/plain")?;
+            for i in 0..n {
+                if i > 0 {
+                    thread::sleep(Duration::from_millis(ms));
+                }
+                chunk(w, format!("line {i}\n").as_bytes())?;
+            }
+            end_chunked(w)?;
+        } else {
+            respond_json(w, 200, &echo(req, opts), close)?;
+        }
+        return Ok(true);
+    }
+
+    if path == "/v1/audio/transcriptions" || path == "/v1/images/edits" {
+        let n = req.body.len();
+        let body = json!({
+            "text": format!("The length of the file is {n} bytes"),
+            "model_served": opts.model,
+            "content_type": req.header("content-type").unwrap_or(""),
+            "body_len": n,
+            "path": req.target,
+        });
+        respond_json(w, 200, &body, close)?;
+        return Ok(true);
+    }
+
+    let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+    let field = |k: &str| body.get(k).and_then(Value::as_u64);
+    if body.get("hang").and_then(Value::as_bool) == Some(true) {
+        // Keep the socket open without ever answering; only the client or a signal ends this.
+        loop {
+            thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    if body.get("garbage").and_then(Value::as_bool) == Some(true) {
+        w.write_all(b"\x00\xffTHIS IS NOT HTTP\r\n\r\n\x01garbage")?;
+        w.flush()?;
+        return Ok(false);
+    }
+    if let Some(status) = field("status").filter(|s| (400..=599).contains(s)) {
+        let status = status as u16;
+        let err = json!({"error": {"code": status, "message": format!("simulated error {status}"),
+                                   "type": "server_error"}});
+        respond_json(w, status, &err, close)?;
+        return Ok(true);
+    }
+    if body.get("stream").and_then(Value::as_bool) != Some(true) {
+        respond_json(w, 200, &echo(req, opts), close)?;
+        return Ok(true);
+    }
+
+    let n = field("stream_chunks").unwrap_or(opts.stream_chunks);
+    let interval =
+        Duration::from_millis(field("stream_interval_ms").unwrap_or(opts.stream_interval_ms));
+    let crash_after = field("crash_after_chunks");
+    start_chunked(w, "text/event-stream")?;
+    for i in 0..n {
+        if crash_after == Some(i) {
+            eprintln!("fake-upstream: simulated crash after {i} chunks");
+            exit(4);
+        }
+        if i > 0 {
+            thread::sleep(interval);
+        }
+        let event = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": opts.model,
+                           "choices": [{"index": 0, "delta": {"content": format!("tok{i} ")}}]});
+        chunk(w, format!("data: {event}\n\n").as_bytes())?;
+    }
+    if crash_after.is_some_and(|k| k >= n) {
+        eprintln!("fake-upstream: simulated crash after {n} chunks");
+        exit(4);
+    }
+    let last = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": opts.model,
+                      "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                      "usage": usage(n), "timings": timings(n)});
+    chunk(w, format!("data: {last}\n\n").as_bytes())?;
+    chunk(w, b"data: [DONE]\n\n")?;
+    end_chunked(w)?;
+    // llama-server may drop the connection after a stream without saying so beforehand.
+    Ok(!opts.close_after_stream)
+}
+
+/// The JSON echo of a request, used for GETs and non-streaming POSTs.
+fn echo(req: &Request, opts: &Opts) -> Value {
+    let request_body = serde_json::from_slice(&req.body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&req.body).into_owned()));
+    let headers: Map<String, Value> = req
+        .headers
+        .iter()
+        .map(|(n, v)| (n.clone(), Value::String(v.clone())))
+        .collect();
+    let mut v = json!({
+        "model_served": opts.model,
+        "path": req.target,
+        "method": req.method,
+        "headers": headers,
+        "pid": std::process::id(),
+    });
+    if req.method == "POST" {
+        v["request_body"] = request_body;
+        v["usage"] = usage(10);
+        v["timings"] = timings(10);
+        v["choices"] = json!([{"index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": format!("hello from {}", opts.model)}}]);
+    }
+    v
+}

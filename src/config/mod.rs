@@ -1,0 +1,394 @@
+//! Loading and validating llama-swap compatible `config.yaml` files.
+//!
+//! swapd is a drop-in replacement for llama-swap, so it reads the same file with the same
+//! rules: `${env.X}` substitution, ordered macros, automatic `${PORT}` assignment, groups,
+//! aliases and request filters. Everything is checked here, at load time, before anything is
+//! started, and every problem names its file, line and key path. This is the only module that
+//! knows about YAML; the rest of the daemon sees the typed [`Config`].
+//!
+//! Loading happens in four steps, as in llama-swap: (1) `${env.NAME}` is replaced in the raw
+//! text (`env.rs`); (2) the YAML is decoded and macros are expanded over the tree (`macros.rs`);
+//! (3) `${PORT}` is assigned in sorted model-id order; (4) typed settings are built with
+//! defaults and validated (`typed.rs`).
+
+mod command;
+mod env;
+mod error;
+mod macros;
+mod scan;
+mod schema;
+mod typed;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+pub use command::split_command;
+pub use error::ConfigError;
+
+use error::{KeyPath, Reporter};
+use scan::Locator;
+
+/// The id of the implicit group that holds every model not listed in an explicit group.
+pub const DEFAULT_GROUP_ID: &str = "(default)";
+
+/// A successfully loaded configuration and the warnings found on the way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    pub config: Config,
+    /// Non-fatal problems (unknown keys with a suggestion, ignored llama-swap features, unknown
+    /// preload names), each formatted as `file:line:column: key.path: message`.
+    pub warnings: Vec<String>,
+}
+
+/// How much the daemon logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    /// The config spelling of the level.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+
+    /// The matching filter for the `log` crate.
+    pub fn level_filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Error => log::LevelFilter::Error,
+        }
+    }
+}
+
+/// Which logs are copied to the daemon's stdout (`logToStdout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogToStdout {
+    /// Only swapd's own log.
+    Proxy,
+    /// Only the output of the upstream processes.
+    Upstream,
+    /// Both.
+    Both,
+    /// Nothing; logs are still kept for `/logs`.
+    None,
+}
+
+impl LogToStdout {
+    /// The config spelling of the setting.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogToStdout::Proxy => "proxy",
+            LogToStdout::Upstream => "upstream",
+            LogToStdout::Both => "both",
+            LogToStdout::None => "none",
+        }
+    }
+}
+
+/// The whole daemon configuration, fully resolved: defaults applied, macros expanded, ports
+/// assigned and every cross reference checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Maximum wait for a model to become ready; at least 15 s (default 120 s).
+    pub health_check_timeout: Duration,
+    pub log_level: LogLevel,
+    /// A Go time layout name (`rfc3339`, `kitchen`, ...), lowercase; `None` means no timestamps.
+    pub log_time_format: Option<String>,
+    pub log_to_stdout: LogToStdout,
+    /// The first port handed out for `${PORT}` (default 5800).
+    pub start_port: u16,
+    /// Global default for streaming loading progress to clients of cold models.
+    pub send_loading_state: bool,
+    /// Whether `/v1/models` also lists aliases.
+    pub include_aliases_in_list: bool,
+    /// Default idle time before a model is unloaded; zero means never (default 0).
+    pub global_ttl: Duration,
+    /// Grace period between SIGTERM and SIGKILL for unloads (default 10 s).
+    pub unload_timeout: Duration,
+    /// Row cap of the in-memory request activity log (default 1000).
+    pub metrics_max_in_memory: usize,
+    /// When non-empty, every protected route requires one of these keys.
+    pub api_keys: Vec<String>,
+    /// Models by id, sorted.
+    pub models: BTreeMap<String, ModelConfig>,
+    /// Explicit groups in id order, then the implicit `(default)` group (swap and exclusive)
+    /// holding every ungrouped model, if there is any.
+    pub groups: Vec<GroupConfig>,
+    /// Model ids to load at startup, in order (`hooks.on_startup.preload`, aliases resolved).
+    pub preload: Vec<String>,
+    /// Alias to model id, including `filters.setParamsByID` keys.
+    pub aliases: BTreeMap<String, String>,
+    /// swapd's own settings (the `swapd:` section).
+    pub limits: Limits,
+}
+
+/// One upstream model server: how to start it and how to reach it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub id: String,
+    /// The argv to spawn (comments removed, lines joined, macros expanded, shell-split).
+    pub cmd: Vec<String>,
+    /// The argv as one shell-quoted line, for `/running` and `--check-config`.
+    pub cmd_display: String,
+    /// Command run instead of SIGTERM; may still contain `${PID}`, which the supervisor
+    /// substitutes before splitting it with [`split_command`].
+    pub cmd_stop: Option<String>,
+    /// Base URL requests are forwarded to, without a trailing `/`.
+    pub proxy: String,
+    /// Other names for the model, including its `setParamsByID` keys.
+    pub aliases: Vec<String>,
+    /// Extra environment variables for the process, in config order.
+    pub env: Vec<(String, String)>,
+    /// Readiness probe path (default `/health`); `None` means ready as soon as spawned.
+    pub check_endpoint: Option<String>,
+    /// Idle time before unloading; zero means never.
+    pub ttl: Duration,
+    /// Grace period between SIGTERM and SIGKILL when unloading this model.
+    pub unload_timeout: Duration,
+    /// Hidden from `/v1/models` but still routable.
+    pub unlisted: bool,
+    /// Replaces the request's `model` field before forwarding.
+    pub use_model_name: Option<String>,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    /// Maximum admitted requests (queued, waiting or served) before clients get 429.
+    pub concurrency_limit: usize,
+    pub filters: Filters,
+    /// Free-form data shown in `/v1/models`; `Null` when absent.
+    pub metadata: serde_json::Value,
+    pub send_loading_state: bool,
+    /// The port assigned for `${PORT}`, when the model's cmd uses it.
+    pub port: Option<u16>,
+}
+
+/// Edits applied to JSON request bodies before they are forwarded.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Filters {
+    /// Top-level keys to delete; sorted, de-duplicated, never `model`.
+    pub strip_params: Vec<String>,
+    /// Keys to set or overwrite; never `model`.
+    pub set_params: serde_json::Map<String, serde_json::Value>,
+    /// Keys to set, chosen by the model name the client requested; applied after `set_params`.
+    pub set_params_by_id: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A set of models with shared swapping rules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupConfig {
+    pub id: String,
+    /// Loading a member unloads the other running members.
+    pub swap: bool,
+    /// Loading a member unloads the models of other, non-persistent groups.
+    pub exclusive: bool,
+    /// Members are never unloaded by other groups' loads.
+    pub persistent: bool,
+    /// Model ids, in config order.
+    pub members: Vec<String>,
+}
+
+/// swapd-only settings from the top-level `swapd:` section, which llama-swap ignores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Bytes of log history kept per source (`logBufferBytes`).
+    pub log_buffer_bytes: usize,
+    /// Largest request body accepted (`maxBodyBytes`).
+    pub max_body_bytes: usize,
+    /// Deadline for a client to send its request headers (`headerTimeout`).
+    pub header_timeout: Duration,
+    /// Simultaneous client connections (`maxConnections`).
+    pub max_connections: usize,
+    /// Longest wait for upstream response headers or between body reads before a 504
+    /// (`upstreamTimeout`).
+    pub upstream_timeout: Duration,
+    /// How long shutdown waits for in-flight requests (`shutdownTimeout`).
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            log_buffer_bytes: 100 * 1024,
+            max_body_bytes: 64 * 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            upstream_timeout: Duration::from_secs(600),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for Config {
+    /// The settings of an empty config file: every default, no models.
+    fn default() -> Config {
+        Config {
+            health_check_timeout: Duration::from_secs(120),
+            log_level: LogLevel::Info,
+            log_time_format: None,
+            log_to_stdout: LogToStdout::Proxy,
+            start_port: 5800,
+            send_loading_state: false,
+            include_aliases_in_list: false,
+            global_ttl: Duration::ZERO,
+            unload_timeout: Duration::from_secs(10),
+            metrics_max_in_memory: 1000,
+            api_keys: Vec::new(),
+            models: BTreeMap::new(),
+            groups: Vec::new(),
+            preload: Vec::new(),
+            aliases: BTreeMap::new(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Reads and validates the config file at `path`, taking `${env.X}` from the process
+/// environment.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+        path: path.to_path_buf(),
+        line: None,
+        column: None,
+        key: String::new(),
+        message: format!("cannot read the config file: {error}"),
+    })?;
+    let environment =
+        |name: &str| std::env::var_os(name).map(|value| value.to_string_lossy().into_owned());
+    parse(&text, path, &environment)
+}
+
+/// Validates config `text` as if read from `path` (used in messages only), looking up
+/// `${env.X}` with `env`.
+pub fn parse(
+    text: &str,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, ConfigError> {
+    let text = env::substitute(text, path, env)?;
+    let scanned = scan::scan(&text);
+    let locator = Locator::new(&scanned);
+    let mut reporter = Reporter::new(path, &locator);
+
+    let mut document: serde_yaml::Value =
+        serde_yaml::from_str(&text).map_err(|error| syntax_error(path, &error))?;
+    document
+        .apply_merge()
+        .map_err(|error| syntax_error(path, &error))?;
+    let document = typed::normalize(document, &KeyPath::root(), &reporter)?;
+    let config = typed::build(document, &mut reporter)?;
+    Ok(Loaded {
+        config,
+        warnings: reporter.into_warnings(),
+    })
+}
+
+/// A YAML syntax error, positioned where serde_yaml found it.
+fn syntax_error(path: &Path, error: &serde_yaml::Error) -> ConfigError {
+    let location = error.location();
+    let mut message = error.to_string();
+    if let Some(location) = &location {
+        let suffix = format!(" at line {} column {}", location.line(), location.column());
+        message = message.replacen(&suffix, "", 1);
+    }
+    ConfigError {
+        path: path.to_path_buf(),
+        line: location.as_ref().map(|location| location.line()),
+        column: location.as_ref().map(|location| location.column()),
+        key: String::new(),
+        message: format!("invalid YAML: {message}"),
+    }
+}
+
+impl Config {
+    /// The model id that `name` refers to: a model id itself, or an alias.
+    pub fn resolve_model(&self, name: &str) -> Option<&str> {
+        if let Some((id, _)) = self.models.get_key_value(name) {
+            return Some(id.as_str());
+        }
+        self.aliases.get(name).map(String::as_str)
+    }
+
+    /// The model that `name` (an id or alias) refers to.
+    pub fn model(&self, name: &str) -> Option<&ModelConfig> {
+        self.resolve_model(name).and_then(|id| self.models.get(id))
+    }
+
+    /// The group a model belongs to (every model belongs to exactly one).
+    pub fn group_of(&self, model_id: &str) -> Option<&GroupConfig> {
+        self.groups
+            .iter()
+            .find(|group| group.members.iter().any(|member| member == model_id))
+    }
+
+    /// A human-readable summary for `swapd --check-config`.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let seconds = |duration: Duration| format!("{}s", duration.as_secs());
+        let ttl = |duration: Duration| {
+            if duration.is_zero() {
+                "never".to_string()
+            } else {
+                seconds(duration)
+            }
+        };
+        // Writing into a String cannot fail, so the results of writeln! are ignored.
+        let _ = writeln!(
+            out,
+            "{} model(s), {} group(s), {} alias(es); ports from {}",
+            self.models.len(),
+            self.groups.len(),
+            self.aliases.len(),
+            self.start_port
+        );
+        let _ = writeln!(
+            out,
+            "healthCheckTimeout {}, globalTTL {}, unloadTimeout {}, logLevel {}, logToStdout {}, API keys {}",
+            seconds(self.health_check_timeout),
+            ttl(self.global_ttl),
+            seconds(self.unload_timeout),
+            self.log_level.as_str(),
+            self.log_to_stdout.as_str(),
+            if self.api_keys.is_empty() {
+                "off".to_string()
+            } else {
+                format!("required ({})", self.api_keys.len())
+            }
+        );
+        if !self.preload.is_empty() {
+            let _ = writeln!(out, "preload: {}", self.preload.join(", "));
+        }
+        for model in self.models.values() {
+            let _ = writeln!(out);
+            let _ = writeln!(out, "model {}", model.id);
+            let port = model
+                .port
+                .map_or_else(|| "-".to_string(), |port| port.to_string());
+            let _ = writeln!(out, "  port:    {port}");
+            let _ = writeln!(out, "  proxy:   {}", model.proxy);
+            if !model.aliases.is_empty() {
+                let _ = writeln!(out, "  aliases: {}", model.aliases.join(", "));
+            }
+            let _ = writeln!(out, "  ttl:     {}", ttl(model.ttl));
+            if let Some(group) = self.group_of(&model.id) {
+                let _ = writeln!(out, "  group:   {}", group.id);
+            }
+            let _ = writeln!(out, "  cmd:     {}", model.cmd_display);
+        }
+        out
+    }
+}

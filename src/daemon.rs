@@ -1,0 +1,351 @@
+//! Wiring the daemon together: command line, logger, signals, supervisor, HTTP server, and the
+//! shutdown order (stop accepting → let requests finish → stop every child → exit).
+
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::config::{self, Config, LogLevel};
+use crate::logs::{Logs, ProxyLogger};
+use crate::proxy::{self, App};
+use crate::supervisor::Supervisor;
+
+/// What the command line asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Run(Options),
+    CheckConfig(String),
+    Version,
+    Help,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub config: String,
+    pub listen: String,
+    pub watch_config: bool,
+    pub log_level: Option<String>,
+}
+
+pub const USAGE: &str = "\
+swapd: a model-swapping proxy for local LLM servers (llama-swap compatible)
+
+usage: swapd --config FILE [--listen ADDR] [--watch-config] [--log-level LEVEL]
+       swapd --check-config FILE
+       swapd --version | --help
+
+  --config FILE      llama-swap style config.yaml (also -config)
+  --listen ADDR      address to listen on, default 127.0.0.1:8080 (':8080' means all interfaces)
+  --watch-config     reload when the config file changes (also SIGHUP)
+  --log-level LEVEL  debug, info, warn or error (overrides logLevel)
+  --check-config     validate FILE, print a summary, exit 0 if valid
+  --version          print the version
+";
+
+/// Parses arguments in both the GNU (`--config x`, `--config=x`) and Go (`-config x`) forms.
+pub fn parse_args(args: &[String]) -> Result<Action, String> {
+    let mut config = None;
+    let mut listen = None;
+    let mut watch_config = false;
+    let mut log_level = None;
+    let mut check = false;
+    let mut index = 0;
+    while index < args.len() {
+        let raw = &args[index];
+        let trimmed = raw.trim_start_matches('-');
+        if raw == trimmed {
+            return Err(format!("unexpected argument '{raw}'"));
+        }
+        let (name, inline) = match trimmed.split_once('=') {
+            Some((name, value)) => (name, Some(value.to_string())),
+            None => (trimmed, None),
+        };
+        let mut value = |what: &str| -> Result<String, String> {
+            if let Some(value) = inline.clone() {
+                return Ok(value);
+            }
+            index += 1;
+            args.get(index)
+                .cloned()
+                .ok_or_else(|| format!("--{what} needs a value"))
+        };
+        match name {
+            "config" => config = Some(value("config")?),
+            "listen" => listen = Some(value("listen")?),
+            "log-level" => log_level = Some(value("log-level")?),
+            "watch-config" => watch_config = inline.as_deref() != Some("false"),
+            "check-config" => {
+                check = true;
+                if let Some(value) = inline {
+                    config = Some(value);
+                } else if args
+                    .get(index + 1)
+                    .is_some_and(|next| !next.starts_with('-'))
+                {
+                    index += 1;
+                    config = Some(args[index].clone());
+                }
+            }
+            "version" => return Ok(Action::Version),
+            "help" | "h" => return Ok(Action::Help),
+            other => return Err(format!("unknown option '-{other}' (see --help)")),
+        }
+        index += 1;
+    }
+    let config = config.ok_or("--config FILE is required (see --help)")?;
+    if check {
+        return Ok(Action::CheckConfig(config));
+    }
+    let listen = listen.unwrap_or_else(|| "127.0.0.1:8080".to_string());
+    let listen = match listen.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => listen,
+    };
+    Ok(Action::Run(Options {
+        config,
+        listen,
+        watch_config,
+        log_level,
+    }))
+}
+
+fn level_filter(level: LogLevel) -> log::LevelFilter {
+    match level {
+        LogLevel::Debug => log::LevelFilter::Debug,
+        LogLevel::Info => log::LevelFilter::Info,
+        LogLevel::Warn => log::LevelFilter::Warn,
+        LogLevel::Error => log::LevelFilter::Error,
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. Returns an error message for exit code 1.
+pub fn run(options: Options) -> Result<(), String> {
+    let signals = block_signals();
+    let loaded = config::load(std::path::Path::new(&options.config)).map_err(|e| e.to_string())?;
+    for warning in &loaded.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let config = Arc::new(loaded.config);
+    let level = match options.log_level.as_deref() {
+        Some("debug") => log::LevelFilter::Debug,
+        Some("info") => log::LevelFilter::Info,
+        Some("warn") => log::LevelFilter::Warn,
+        Some("error") => log::LevelFilter::Error,
+        Some(other) => {
+            return Err(format!(
+                "--log-level: unknown level '{other}' (debug, info, warn, error)"
+            ))
+        }
+        None => level_filter(config.log_level),
+    };
+    let logs = Arc::new(Logs::new(
+        config.log_to_stdout,
+        config.limits.log_buffer_bytes,
+    ));
+    let logger = ProxyLogger {
+        logs: logs.clone(),
+        level,
+        time_format: config.log_time_format.clone(),
+    };
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+        log::set_max_level(level);
+    }
+    for warning in &loaded.warnings {
+        log::warn!("config: {warning}");
+    }
+    raise_open_file_limit();
+
+    let listener = proxy::bind(&options.listen, &config.limits)
+        .map_err(|e| format!("cannot listen on {}: {e}", options.listen))?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    let listener_fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    let server_listener = listener
+        .try_clone()
+        .map_err(|e| format!("cannot share the listening socket: {e}"))?;
+    let server = Arc::new(
+        tiny_http::Server::from_listener(server_listener, None)
+            .map_err(|e| format!("cannot start the HTTP server: {e}"))?,
+    );
+
+    let (supervisor, supervisor_thread) = Supervisor::start(config.clone(), logs.clone());
+    let app = Arc::new(App::new(
+        config.clone(),
+        supervisor.clone(),
+        logs.clone(),
+        local_addr,
+    ));
+    proxy::serve(app.clone(), server.clone());
+    if !local_addr.ip().is_loopback() {
+        log::warn!("listening on {local_addr}, which is reachable from other hosts; set apiKeys");
+    }
+    log::info!(
+        "swapd {} listening on http://{local_addr}",
+        env!("CARGO_PKG_VERSION")
+    );
+    // Tests and scripts read this line to learn the port when listening on port 0.
+    eprintln!("swapd: listening on http://{local_addr}");
+
+    preload(&supervisor, &config);
+    if options.watch_config {
+        log::warn!(
+            "--watch-config: live reload is not implemented yet; restart swapd to apply changes"
+        );
+    }
+
+    loop {
+        match signals.recv() {
+            Ok(libc::SIGHUP) => {
+                log::warn!(
+                    "SIGHUP: live reload is not implemented yet; restart swapd to apply changes"
+                );
+            }
+            Ok(signal) => {
+                log::info!("received signal {signal}; shutting down");
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+
+    let budget = config.limits.shutdown_timeout;
+    let deadline = Instant::now() + budget;
+    proxy::stop_accepting(&app, &server, listener_fd, deadline);
+    logs.close_all_subscribers();
+    let remaining = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(5);
+    if !supervisor.shutdown(remaining) {
+        log::error!("some children did not stop in time");
+    }
+    let _ = supervisor_thread.join();
+    log::info!("swapd stopped");
+    drop(listener);
+    Ok(())
+}
+
+/// Loads `hooks.on_startup.preload` models one after another, in the background.
+fn preload(supervisor: &Supervisor, config: &Config) {
+    if config.preload.is_empty() {
+        return;
+    }
+    let supervisor = supervisor.clone();
+    let models = config.preload.clone();
+    let spawned = thread::Builder::new()
+        .name("preload".to_string())
+        .spawn(move || {
+            for model in models {
+                match supervisor.acquire_blocking(&model) {
+                    Ok(lease) => {
+                        log::info!("preloaded {model}");
+                        drop(lease);
+                    }
+                    Err(error) => log::error!("preload of {model} failed: {error}"),
+                }
+            }
+        });
+    if let Err(error) = spawned {
+        log::error!("cannot start the preload thread: {error}");
+    }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in every thread (call before starting any) and turns
+/// them into channel messages on a dedicated thread. Children get a clean signal mask: std's
+/// `Command` resets it after fork.
+fn block_signals() -> crossbeam_channel::Receiver<libc::c_int> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    // SAFETY: sigset operations on a local set, then pthread_sigmask for the calling thread
+    // before any other thread exists, so every later thread inherits the mask.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    thread::Builder::new()
+        .name("signals".to_string())
+        .stack_size(64 * 1024)
+        .spawn(move || loop {
+            let mut signal: libc::c_int = 0;
+            // SAFETY: sigwait with a valid set and out-pointer; the signals are blocked.
+            if unsafe { libc::sigwait(&set, &mut signal) } == 0 && tx.send(signal).is_err() {
+                return;
+            }
+        })
+        .expect("the signal thread must start for swapd to shut down cleanly");
+    rx
+}
+
+/// Many concurrent clients each hold a socket; the default soft limit of 1024 descriptors
+/// would make accept() fail, which ends tiny_http's accept thread for good.
+fn raise_open_file_limit() {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max.min(65_536);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn both_flag_styles_parse() {
+        let expected = Action::Run(Options {
+            config: "c.yaml".into(),
+            listen: "127.0.0.1:9000".into(),
+            watch_config: true,
+            log_level: None,
+        });
+        assert_eq!(
+            parse_args(&args(&[
+                "--config",
+                "c.yaml",
+                "--listen",
+                "127.0.0.1:9000",
+                "--watch-config"
+            ])),
+            Ok(expected.clone())
+        );
+        assert_eq!(
+            parse_args(&args(&[
+                "-config",
+                "c.yaml",
+                "-listen=127.0.0.1:9000",
+                "-watch-config"
+            ])),
+            Ok(expected)
+        );
+    }
+
+    #[test]
+    fn defaults_and_special_forms() {
+        match parse_args(&args(&["-config", "c.yaml"])) {
+            Ok(Action::Run(options)) => assert_eq!(options.listen, "127.0.0.1:8080"),
+            other => panic!("unexpected {other:?}"),
+        }
+        match parse_args(&args(&["-config", "c.yaml", "-listen", ":8080"])) {
+            Ok(Action::Run(options)) => assert_eq!(options.listen, "0.0.0.0:8080"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            parse_args(&args(&["--check-config", "c.yaml"])),
+            Ok(Action::CheckConfig("c.yaml".into()))
+        );
+        assert_eq!(parse_args(&args(&["-version"])), Ok(Action::Version));
+        assert!(parse_args(&args(&[])).is_err());
+        assert!(parse_args(&args(&["--bogus"])).is_err());
+        assert!(parse_args(&args(&["--config"])).is_err());
+    }
+}

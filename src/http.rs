@@ -1,0 +1,382 @@
+//! Our own HTTP response writer on top of tiny_http's raw connection writer.
+//!
+//! tiny_http's `Request::respond` copies through an 8 KiB chunk encoder and flushes only at the
+//! end, so streamed responses (SSE, `/logs/stream`) would arrive all at once. Every response
+//! swapd sends therefore goes through [`ResponseWriter`]: it writes the status line and headers
+//! itself and flushes after every chunk. This module also owns the OpenAI-style error envelope
+//! and the socket helpers that tiny_http does not offer (finding a request's connection to notice
+//! a vanished client, and shutting a connection down when a stream must end with an error).
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+
+/// A response being written to one client, framed either by `Content-Length` or chunked.
+pub struct ResponseWriter {
+    inner: Box<dyn Write + Send + 'static>,
+    chunked: bool,
+    head_only: bool,
+    scratch: Vec<u8>,
+}
+
+/// The reason phrase for the status codes swapd produces or forwards.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Payload Too Large",
+        415 => "Unsupported Media Type",
+        422 => "Unprocessable Entity",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Status",
+    }
+}
+
+impl ResponseWriter {
+    /// Writes the status line and headers. `content_length: None` selects chunked framing.
+    /// Headers named `content-length`, `transfer-encoding` or `connection` in `headers` are
+    /// skipped: framing is this writer's job.
+    pub fn start(
+        request: tiny_http::Request,
+        status: u16,
+        headers: &[(&str, &str)],
+        content_length: Option<u64>,
+    ) -> io::Result<ResponseWriter> {
+        let head_only = *request.method() == tiny_http::Method::Head;
+        let close = client_wants_close(&request);
+        let inner = request.into_writer();
+        let mut writer = ResponseWriter {
+            inner,
+            chunked: content_length.is_none() && !head_only,
+            head_only,
+            scratch: Vec::with_capacity(512),
+        };
+        let head = &mut writer.scratch;
+        head.extend_from_slice(b"HTTP/1.1 ");
+        head.extend_from_slice(status.to_string().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(reason_phrase(status).as_bytes());
+        head.extend_from_slice(b"\r\n");
+        for (name, value) in headers {
+            if name.eq_ignore_ascii_case("content-length")
+                || name.eq_ignore_ascii_case("transfer-encoding")
+                || name.eq_ignore_ascii_case("connection")
+            {
+                continue;
+            }
+            head.extend_from_slice(name.as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        match content_length {
+            Some(length) => {
+                head.extend_from_slice(b"Content-Length: ");
+                head.extend_from_slice(length.to_string().as_bytes());
+                head.extend_from_slice(b"\r\n");
+            }
+            None if !head_only => head.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+            None => {}
+        }
+        if close {
+            head.extend_from_slice(b"Connection: close\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        writer.inner.write_all(&writer.scratch)?;
+        writer.scratch.clear();
+        Ok(writer)
+    }
+
+    /// Writes the head of a response with a fixed body and the body, in one flush.
+    pub fn send_whole(
+        request: tiny_http::Request,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> io::Result<()> {
+        let mut writer = ResponseWriter::start(request, status, headers, Some(body.len() as u64))?;
+        writer.write_chunk(body)?;
+        writer.finish()
+    }
+
+    /// Writes one piece of the body and flushes it to the client at once.
+    pub fn write_chunk(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.head_only {
+            return self.inner.flush();
+        }
+        if data.is_empty() {
+            return self.inner.flush();
+        }
+        if self.chunked {
+            // One buffer and one write per chunk: frame header, data and trailer go out in a
+            // single system call instead of three.
+            self.scratch.clear();
+            self.scratch
+                .extend_from_slice(format!("{:X}\r\n", data.len()).as_bytes());
+            self.scratch.extend_from_slice(data);
+            self.scratch.extend_from_slice(b"\r\n");
+            self.inner.write_all(&self.scratch)?;
+        } else {
+            self.inner.write_all(data)?;
+        }
+        self.inner.flush()
+    }
+
+    /// Ends the body (the terminating chunk for chunked framing) and flushes.
+    pub fn finish(mut self) -> io::Result<()> {
+        if self.chunked {
+            self.inner.write_all(b"0\r\n\r\n")?;
+        }
+        self.inner.flush()
+    }
+}
+
+fn client_wants_close(request: &tiny_http::Request) -> bool {
+    let header = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Connection"))
+        .map(|h| h.value.as_str().to_ascii_lowercase());
+    match header {
+        Some(value) => value.contains("close"),
+        None => *request.http_version() == tiny_http::HTTPVersion(1, 0),
+    }
+}
+
+/// The OpenAI-style `type` and `code` for an error status, as llama-swap derives them.
+pub fn error_type_and_code(status: u16) -> (&'static str, &'static str) {
+    match status {
+        400 => ("invalid_request_error", "bad_request"),
+        401 => ("authentication_error", "unauthorized"),
+        403 => ("authentication_error", "forbidden"),
+        404 => ("invalid_request_error", "not_found"),
+        409 => ("invalid_request_error", "conflict"),
+        413 => ("invalid_request_error", "request_too_large"),
+        429 => ("rate_limit_error", "rate_limit_exceeded"),
+        502 => ("server_error", "bad_gateway"),
+        503 => ("server_error", "service_unavailable"),
+        504 => ("server_error", "gateway_timeout"),
+        400..=499 => ("invalid_request_error", "invalid_request"),
+        _ => ("server_error", "internal_error"),
+    }
+}
+
+/// The JSON body of every error swapd itself produces:
+/// `{"error":{"message","type","param":null,"code"}}` (llama-swap adds `"src"`; we do too).
+pub fn error_body(status: u16, message: &str, code: Option<&str>) -> Vec<u8> {
+    let (kind, default_code) = error_type_and_code(status);
+    let body = serde_json::json!({
+        "src": "swapd",
+        "error": {
+            "message": message,
+            "type": kind,
+            "param": null,
+            "code": code.unwrap_or(default_code),
+        }
+    });
+    serde_json::to_vec(&body).expect("a JSON value always serialises")
+}
+
+/// Sends an error envelope. Write errors are ignored: the client is gone.
+pub fn send_error(
+    request: tiny_http::Request,
+    status: u16,
+    message: &str,
+    code: Option<&str>,
+    extra: &[(&str, &str)],
+) {
+    let body = error_body(status, message, code);
+    let mut headers: Vec<(&str, &str)> = vec![("Content-Type", "application/json")];
+    headers.extend_from_slice(extra);
+    let _ = ResponseWriter::send_whole(request, status, &headers, &body);
+}
+
+/// Sends a JSON value with status 200 (or `status`).
+pub fn send_json(request: tiny_http::Request, status: u16, value: &serde_json::Value) {
+    let body = serde_json::to_vec(value).expect("a JSON value always serialises");
+    let _ = ResponseWriter::send_whole(
+        request,
+        status,
+        &[("Content-Type", "application/json")],
+        &body,
+    );
+}
+
+/// Sends a short plain-text body.
+pub fn send_text(request: tiny_http::Request, status: u16, text: &str) {
+    let _ = ResponseWriter::send_whole(
+        request,
+        status,
+        &[("Content-Type", "text/plain; charset=utf-8")],
+        text.as_bytes(),
+    );
+}
+
+/// Finds the file descriptor of the accepted socket whose local and peer addresses match.
+///
+/// tiny_http does not expose a request's socket, but swapd needs it in two rare situations:
+/// to notice that a client waiting for a model start has gone away, and to cut a connection
+/// whose streamed body must end with an error. Scanning our own descriptors is cheap enough
+/// for those paths and never used per request.
+pub fn find_connection_fd(local: SocketAddr, peer: SocketAddr) -> Option<RawFd> {
+    let entries = std::fs::read_dir("/proc/self/fd").ok()?;
+    for entry in entries.flatten() {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<RawFd>().ok())
+        else {
+            continue;
+        };
+        if socket_matches(fd, local, peer) {
+            return Some(fd);
+        }
+    }
+    None
+}
+
+/// Whether `fd` is (still) the TCP socket between `local` and `peer`.
+pub fn socket_matches(fd: RawFd, local: SocketAddr, peer: SocketAddr) -> bool {
+    socket_address(fd, libc::getpeername) == Some(peer)
+        && socket_address(fd, libc::getsockname).is_some_and(|address| {
+            address.port() == local.port()
+                && (local.ip().is_unspecified() || address.ip() == local.ip())
+        })
+}
+
+type AddressQuery =
+    unsafe extern "C" fn(libc::c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> libc::c_int;
+
+fn socket_address(fd: RawFd, query: AddressQuery) -> Option<SocketAddr> {
+    // SAFETY: `storage` is a zeroed sockaddr_storage large enough for any address family and
+    // `length` tells the kernel its size; the call only writes within it. An fd that is not a
+    // socket makes the call fail, which we report as None.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let mut length = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        if query(
+            fd,
+            &mut storage as *mut _ as *mut libc::sockaddr,
+            &mut length,
+        ) != 0
+        {
+            return None;
+        }
+        match storage.ss_family as libc::c_int {
+            libc::AF_INET => {
+                let address = &*(&storage as *const _ as *const libc::sockaddr_in);
+                let ip = std::net::Ipv4Addr::from(u32::from_be(address.sin_addr.s_addr));
+                Some(SocketAddr::from((ip, u16::from_be(address.sin_port))))
+            }
+            libc::AF_INET6 => {
+                let address = &*(&storage as *const _ as *const libc::sockaddr_in6);
+                let ip = std::net::Ipv6Addr::from(address.sin6_addr.s6_addr);
+                Some(SocketAddr::from((ip, u16::from_be(address.sin6_port))))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Whether the peer of a connected socket has closed its side (or the socket is broken).
+/// Looks without consuming: tiny_http's connection thread may read the same socket.
+pub fn peer_has_closed(fd: RawFd) -> bool {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout; poll does not retain the pointer.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    if ready <= 0 {
+        return false;
+    }
+    if poll.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+        return true;
+    }
+    // Readable: either pipelined data (still alive) or end of stream.
+    let mut byte = 0u8;
+    // SAFETY: reads at most one byte into a local, with MSG_PEEK so nothing is consumed.
+    let peeked = unsafe {
+        libc::recv(
+            fd,
+            &mut byte as *mut u8 as *mut libc::c_void,
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    peeked == 0
+}
+
+/// Shuts a connection down in both directions so the client sees the stream end at once,
+/// even though tiny_http still holds the socket open for its next request.
+pub fn shutdown_socket(fd: RawFd) {
+    // SAFETY: shutdown on a descriptor we verified to be the client's socket; an error just
+    // means it is already closed.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
+    if left.len() != right.len() {
+        return false;
+    }
+    let mut difference = 0u8;
+    for (a, b) in left.iter().zip(right) {
+        difference |= a ^ b;
+    }
+    std::hint::black_box(difference) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_envelope_has_openai_shape() {
+        let body: serde_json::Value =
+            serde_json::from_slice(&error_body(404, "nope", None)).expect("error body is JSON");
+        assert_eq!(body["error"]["message"], "nope");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(body["error"]["code"], "not_found");
+        let body: serde_json::Value = serde_json::from_slice(&error_body(
+            429,
+            "Too many requests",
+            Some("concurrency_limit"),
+        ))
+        .expect("error body is JSON");
+        assert_eq!(body["error"]["type"], "rate_limit_error");
+        assert_eq!(body["error"]["code"], "concurrency_limit");
+    }
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+}

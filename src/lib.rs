@@ -1,0 +1,12 @@
+//! swapd: a model-swapping proxy daemon for local LLM servers.
+//!
+//! The library holds everything; `main.rs` only parses arguments and picks the exit code,
+//! so integration tests and benches reach the same code the daemon runs.
+
+pub mod config;
+pub mod daemon;
+pub mod http;
+pub mod logbuf;
+pub mod logs;
+pub mod proxy;
+pub mod supervisor;

@@ -1,0 +1,48 @@
+//! The `swapd` binary: parse the command line, run, and choose the exit code. Everything
+//! else lives in the library so tests and benches use the same code.
+
+use std::process::ExitCode;
+
+use swapd::daemon::{self, Action};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let action = match daemon::parse_args(&args) {
+        Ok(action) => action,
+        Err(message) => {
+            eprintln!("swapd: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    match action {
+        Action::Help => {
+            print!("{}", daemon::USAGE);
+            ExitCode::SUCCESS
+        }
+        Action::Version => {
+            println!("swapd version {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Action::CheckConfig(path) => match swapd::config::load(std::path::Path::new(&path)) {
+            Ok(loaded) => {
+                for warning in &loaded.warnings {
+                    eprintln!("warning: {warning}");
+                }
+                print!("{}", loaded.config.summary());
+                println!("{path}: OK");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Action::Run(options) => match daemon::run(options) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("swapd: {message}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

@@ -1,0 +1,221 @@
+//! Forwarding one request to an upstream and streaming its answer back.
+//!
+//! Every upstream read is written and flushed to the client at once. Upstream statuses,
+//! headers (minus hop-by-hop ones) and bodies pass through untouched, errors included. A
+//! transport error before any response byte is retried once on a fresh connection (the body is
+//! still in hand), because llama-server closes kept-alive connections after a stream without
+//! saying so. When a stream breaks half-way the client connection is cut, so the client sees an
+//! error instead of waiting forever.
+
+use std::io::Read;
+use std::time::Instant;
+
+use crate::http::{self, ResponseWriter};
+use crate::supervisor::Lease;
+
+use super::{App, ClientSocket};
+
+/// The request as it will be sent upstream.
+pub struct Outgoing {
+    pub method: String,
+    /// Path and query, e.g. `/v1/chat/completions` or `/slots?id=1`.
+    pub path_and_query: String,
+    /// Client headers to pass on (hop-by-hop, Host and Content-Length already removed).
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Headers that describe one connection, not the message, and must not be forwarded.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    const HOP: &[&str] = &[
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "expect",
+    ];
+    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// The result of a forward, for the access log and metrics.
+pub struct Outcome {
+    pub status: u16,
+    pub bytes: u64,
+}
+
+/// Where the response goes: a fresh client request, or a stream already started (the
+/// loading-state SSE), onto which the upstream body is appended.
+pub enum Destination {
+    Fresh(tiny_http::Request),
+    Started(ResponseWriter),
+}
+
+/// Sends `outgoing` to the leased upstream and streams the answer to the client.
+pub fn forward(
+    app: &App,
+    destination: Destination,
+    client: &ClientSocket,
+    lease: &Lease,
+    outgoing: &Outgoing,
+) -> Outcome {
+    let url = format!("{}{}", lease.upstream(), outgoing.path_and_query);
+    let mut response = None;
+    let mut last_error = None;
+    for _attempt in 0..2 {
+        match send(app, &url, outgoing) {
+            Ok(r) => {
+                response = Some(r);
+                break;
+            }
+            Err(error) => {
+                let retry = matches!(
+                    error,
+                    ureq::Error::Io(_) | ureq::Error::Protocol(_) | ureq::Error::ConnectionFailed
+                );
+                last_error = Some(error);
+                if !retry {
+                    break;
+                }
+            }
+        }
+    }
+    let Some(response) = response else {
+        let error = last_error.expect("no response means an error was recorded");
+        let (status, message) = match &error {
+            ureq::Error::Timeout(_) => (
+                504,
+                format!(
+                    "upstream for model '{}' did not answer within {}s ({url})",
+                    lease.model(),
+                    app.limits().upstream_timeout.as_secs()
+                ),
+            ),
+            _ => (
+                502,
+                format!(
+                    "upstream for model '{}' failed: {error} ({url})",
+                    lease.model()
+                ),
+            ),
+        };
+        log::warn!("{message}");
+        match destination {
+            Destination::Fresh(request) => http::send_error(request, status, &message, None, &[]),
+            Destination::Started(mut writer) => {
+                let _ = writer.write_chunk(&sse_error(status, &message));
+                let _ = writer.finish();
+            }
+        }
+        return Outcome { status, bytes: 0 };
+    };
+
+    let status = response.status().as_u16();
+    let is_sse = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let content_length = response
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let mut writer = match destination {
+        Destination::Fresh(request) => {
+            let mut headers: Vec<(&str, &str)> = response
+                .headers()
+                .iter()
+                .filter(|(name, _)| !is_hop_by_hop(name.as_str()))
+                .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
+                .collect();
+            if is_sse {
+                headers.push(("X-Accel-Buffering", "no"));
+            }
+            match ResponseWriter::start(request, status, &headers, content_length) {
+                Ok(writer) => writer,
+                Err(_) => return Outcome { status, bytes: 0 },
+            }
+        }
+        Destination::Started(writer) => writer,
+    };
+
+    let mut reader = response.into_body().into_reader();
+    let mut buffer = vec![0u8; 16 * 1024];
+    let mut bytes = 0u64;
+    let started = Instant::now();
+    loop {
+        match reader.read(&mut buffer) {
+            Ok(0) => {
+                let _ = writer.finish();
+                break;
+            }
+            Ok(read) => {
+                bytes += read as u64;
+                if writer.write_chunk(&buffer[..read]).is_err() {
+                    // The client went away: dropping the reader closes the upstream
+                    // connection, and returning drops the lease.
+                    log::debug!("client left during the response from '{}'", lease.model());
+                    break;
+                }
+            }
+            Err(error) => {
+                let message = format!(
+                    "upstream for model '{}' failed after {bytes} bytes ({:.1}s): {error}",
+                    lease.model(),
+                    started.elapsed().as_secs_f64()
+                );
+                log::warn!("{message}");
+                if is_sse {
+                    let _ = writer.write_chunk(&sse_error(502, &message));
+                }
+                drop(writer);
+                client.cut();
+                return Outcome { status: 502, bytes };
+            }
+        }
+    }
+    Outcome { status, bytes }
+}
+
+fn send(
+    app: &App,
+    url: &str,
+    outgoing: &Outgoing,
+) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+    let mut builder = ureq::http::Request::builder()
+        .method(outgoing.method.as_str())
+        .uri(url);
+    for (name, value) in &outgoing.headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    if outgoing.body.is_empty()
+        && matches!(
+            outgoing.method.as_str(),
+            "GET" | "HEAD" | "DELETE" | "OPTIONS"
+        )
+    {
+        let request = builder.body(()).map_err(ureq::Error::from)?;
+        app.agent.run(request)
+    } else {
+        let request = builder
+            .body(outgoing.body.as_slice())
+            .map_err(ureq::Error::from)?;
+        app.agent.run(request)
+    }
+}
+
+/// An error as one SSE event, for streams whose status line has already been sent.
+pub fn sse_error(status: u16, message: &str) -> Vec<u8> {
+    let mut event = b"data: ".to_vec();
+    event.extend_from_slice(&http::error_body(status, message, None));
+    event.extend_from_slice(b"\n\n");
+    event
+}

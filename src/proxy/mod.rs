@@ -1,0 +1,265 @@
+//! The HTTP front: accepting requests, routing them, and the thin handlers.
+//!
+//! A handler reads the body (bounded), finds the model, resolves aliases, rewrites the body,
+//! asks the supervisor for a lease and forwards. Decisions live elsewhere: parsing and rewriting
+//! in [`extract`], scheduling in the supervisor, streaming in [`forward`].
+
+pub mod extract;
+pub mod forward;
+mod routes;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, Limits};
+use crate::logs::Logs;
+use crate::supervisor::Supervisor;
+
+/// Everything a handler needs, shared by all handler threads.
+pub struct App {
+    config: RwLock<Arc<Config>>,
+    pub supervisor: Supervisor,
+    pub logs: Arc<Logs>,
+    pub agent: ureq::Agent,
+    pub local_addr: SocketAddr,
+    pub started_at: Instant,
+    active: AtomicUsize,
+    shutting_down: AtomicBool,
+}
+
+impl App {
+    pub fn new(
+        config: Arc<Config>,
+        supervisor: Supervisor,
+        logs: Arc<Logs>,
+        local_addr: SocketAddr,
+    ) -> App {
+        let agent = upstream_agent(&config.limits);
+        App {
+            config: RwLock::new(config),
+            supervisor,
+            logs,
+            agent,
+            local_addr,
+            started_at: Instant::now(),
+            active: AtomicUsize::new(0),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// The current configuration (a cheap `Arc` clone; reloads swap it whole).
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .expect("the config lock is never held across a panic")
+            .clone()
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.config().limits.clone()
+    }
+
+    /// Requests being handled right now.
+    pub fn active_requests(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+}
+
+/// The agent for upstream traffic: statuses are data (a proxy passes 4xx/5xx through), no
+/// automatic headers, bytes unchanged, one connection pool reused by every handler.
+fn upstream_agent(limits: &Limits) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .user_agent(ureq::config::AutoHeaderValue::None)
+        .accept(ureq::config::AutoHeaderValue::None)
+        .accept_encoding(ureq::config::AutoHeaderValue::None)
+        .timeout_connect(Some(Duration::from_secs(5)))
+        .timeout_per_read(Some(limits.upstream_timeout))
+        .max_idle_connections(256)
+        .max_idle_connections_per_host(64)
+        .no_delay(true)
+        .allow_non_standard_methods(true)
+        .build()
+        .new_agent()
+}
+
+/// The client end of one request: enough to notice it left, or to cut it.
+pub struct ClientSocket {
+    local: SocketAddr,
+    peer: Option<SocketAddr>,
+    fd: std::cell::Cell<Option<RawFd>>,
+}
+
+impl ClientSocket {
+    fn fd(&self) -> Option<RawFd> {
+        let peer = self.peer?;
+        if let Some(fd) = self.fd.get() {
+            if crate::http::socket_matches(fd, self.local, peer) {
+                return Some(fd);
+            }
+        }
+        let fd = crate::http::find_connection_fd(self.local, peer);
+        self.fd.set(fd);
+        fd
+    }
+
+    /// Whether the client has closed its connection (checked without consuming data).
+    pub fn is_gone(&self) -> bool {
+        match self.fd() {
+            Some(fd) => crate::http::peer_has_closed(fd),
+            // The socket is no longer ours: the connection is closed.
+            None => self.peer.is_some(),
+        }
+    }
+
+    /// Shuts the connection down so the client sees the response end abnormally.
+    pub fn cut(&self) {
+        if let Some(fd) = self.fd() {
+            crate::http::shutdown_socket(fd);
+        }
+    }
+}
+
+/// Binds the listening socket with the options every accepted connection inherits on Linux:
+/// a receive timeout (idle and slow clients) and no Nagle delay.
+pub fn bind(address: &str, limits: &Limits) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(address)?;
+    let fd = listener.as_raw_fd();
+    let timeout = libc::timeval {
+        tv_sec: limits.header_timeout.as_secs() as libc::time_t,
+        tv_usec: limits.header_timeout.subsec_micros() as libc::suseconds_t,
+    };
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket we own with correctly sized option values.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &timeout as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            &one as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    Ok(listener)
+}
+
+/// Runs handler threads over the server until shutdown. Each thread takes one request at a
+/// time; when the last idle thread takes one, it first starts another, so a long streaming
+/// request never blocks new ones. Idle threads beyond a few exit after a while.
+pub fn serve(app: Arc<App>, server: Arc<tiny_http::Server>) {
+    let idle = Arc::new(AtomicUsize::new(0));
+    spawn_worker(app, server, idle);
+}
+
+const MIN_IDLE_WORKERS: usize = 4;
+const WORKER_STACK: usize = 256 * 1024;
+
+fn spawn_worker(app: Arc<App>, server: Arc<tiny_http::Server>, idle: Arc<AtomicUsize>) {
+    idle.fetch_add(1, Ordering::SeqCst);
+    let spawned = thread::Builder::new()
+        .name("http".to_string())
+        .stack_size(WORKER_STACK)
+        .spawn({
+            let idle = idle.clone();
+            move || worker(app, server, idle)
+        });
+    if let Err(error) = spawned {
+        idle.fetch_sub(1, Ordering::SeqCst);
+        log::error!("cannot start an HTTP handler thread: {error}");
+    }
+}
+
+fn worker(app: Arc<App>, server: Arc<tiny_http::Server>, idle: Arc<AtomicUsize>) {
+    loop {
+        if app.is_shutting_down() {
+            idle.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        let request = match server.recv_timeout(Duration::from_secs(30)) {
+            Ok(Some(request)) => request,
+            Ok(None) => {
+                if idle.load(Ordering::SeqCst) > MIN_IDLE_WORKERS {
+                    idle.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
+                continue;
+            }
+            Err(_) => {
+                // The listener was shut down (or unblocked): stop taking requests.
+                idle.fetch_sub(1, Ordering::SeqCst);
+                server.unblock();
+                return;
+            }
+        };
+        if idle.fetch_sub(1, Ordering::SeqCst) == 1 {
+            spawn_worker(app.clone(), server.clone(), idle.clone());
+        }
+        let active = app.active.fetch_add(1, Ordering::SeqCst) + 1;
+        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            routes::handle(&app, request, active)
+        }));
+        if handled.is_err() {
+            // The request was dropped during unwinding, which makes tiny_http answer 500.
+            log::error!("a request handler panicked; the request got a 500");
+        }
+        app.active.fetch_sub(1, Ordering::SeqCst);
+        idle.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Stops taking requests: new connections are refused, idle handler threads exit, requests
+/// in progress go on until they finish or `deadline` passes.
+pub fn stop_accepting(
+    app: &App,
+    server: &tiny_http::Server,
+    listener_fd: RawFd,
+    deadline: Instant,
+) {
+    app.shutting_down.store(true, Ordering::SeqCst);
+    // SAFETY: shutting down the read side of our listening socket makes accept() fail, which
+    // ends tiny_http's accept thread; the descriptor itself stays valid.
+    unsafe {
+        libc::shutdown(listener_fd, libc::SHUT_RD);
+    }
+    for _ in 0..64 {
+        server.unblock();
+    }
+    while app.active_requests() > 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads a request body up to `limit` bytes. `Err(true)` means it was larger than the limit,
+/// `Err(false)` that it could not be read.
+fn read_body(request: &mut tiny_http::Request, limit: usize) -> Result<Vec<u8>, bool> {
+    if request.body_length().is_some_and(|length| length > limit) {
+        return Err(true);
+    }
+    let mut body = Vec::with_capacity(request.body_length().unwrap_or(0).min(limit));
+    let read = request
+        .as_reader()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut body);
+    match read {
+        Ok(_) if body.len() > limit => Err(true),
+        Ok(_) => Ok(body),
+        Err(_) => Err(false),
+    }
+}

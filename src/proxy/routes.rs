@@ -1,0 +1,712 @@
+//! Route dispatch and the handlers of every endpoint.
+//!
+//! Order, as llama-swap: CORS preflight and `/health` first (no auth), then auth, then the
+//! route. Every error swapd produces goes through [`crate::http::send_error`].
+
+use std::borrow::Cow;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::http::{self, ResponseWriter};
+use crate::supervisor::{AcquireError, Phase, Reply};
+
+use super::extract::{self, ModelSource};
+use super::forward::{self, Destination, Outgoing};
+use super::{read_body, App, ClientSocket};
+
+pub fn handle(app: &App, request: tiny_http::Request, active: usize) {
+    let method = request.method().as_str().to_ascii_uppercase();
+    let url = request.url().to_string();
+    let (path, query) = match url.split_once('?') {
+        Some((path, query)) => (path, query),
+        None => (url.as_str(), ""),
+    };
+
+    if method == "OPTIONS" {
+        return preflight(request);
+    }
+    if path == "/health" {
+        return http::send_text(request, 200, "OK");
+    }
+    let limits = app.limits();
+    if active > limits.max_connections {
+        return http::send_error(
+            request,
+            503,
+            &format!(
+                "swapd is at its limit of {} concurrent requests",
+                limits.max_connections
+            ),
+            None,
+            &[("Retry-After", "1")],
+        );
+    }
+    if app.is_shutting_down() {
+        return http::send_error(request, 503, "swapd is shutting down", None, &[]);
+    }
+    if !authorized(app, &request) {
+        return http::send_error(
+            request,
+            401,
+            "unauthorized: a valid API key is required (Authorization: Bearer, x-api-key or Basic)",
+            None,
+            &[("WWW-Authenticate", "Basic realm=\"swapd\"")],
+        );
+    }
+    if path.contains("/../")
+        || path.ends_with("/..")
+        || path.contains("%2e%2e")
+        || path.contains("%2E%2E")
+    {
+        return http::send_error(request, 400, "path traversal is not allowed", None, &[]);
+    }
+
+    if let Some((source, upstream_path)) = extract::route(&method, path) {
+        return model_request(app, request, &method, source, upstream_path, query);
+    }
+    match (method.as_str(), path) {
+        ("GET", "/v1/models") | ("GET", "/models") => list_models(app, request),
+        ("GET", "/running") => running(app, request),
+        ("GET", "/unload") => {
+            app.supervisor.unload(None);
+            http::send_text(request, 200, "OK")
+        }
+        ("POST", "/api/models/unload") => {
+            app.supervisor.unload(None);
+            http::send_json(request, 200, &json!({"msg": "ok"}))
+        }
+        ("GET", "/api/version") => http::send_json(
+            request,
+            200,
+            &json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "commit": option_env!("SWAPD_COMMIT").unwrap_or("unknown"),
+                "build_date": option_env!("SWAPD_BUILD_DATE").unwrap_or("unknown"),
+            }),
+        ),
+        ("GET", "/logs") => {
+            let history = app.logs.mux.history();
+            let _ = ResponseWriter::send_whole(
+                request,
+                200,
+                &[("Content-Type", "text/plain; charset=utf-8")],
+                &history,
+            );
+        }
+        ("GET", "/") => {
+            let _ = ResponseWriter::send_whole(request, 302, &[("Location", "/v1/models")], b"");
+        }
+        _ => {
+            if method == "POST" && path.starts_with("/api/models/unload/") {
+                return unload_one(app, request, &path["/api/models/unload/".len()..]);
+            }
+            if method == "GET" && (path == "/logs/stream" || path.starts_with("/logs/stream/")) {
+                return log_stream(app, request, path, query);
+            }
+            if let Some(rest) = path.strip_prefix("/upstream/") {
+                return upstream(app, request, &method, rest, query);
+            }
+            http::send_error(
+                request,
+                404,
+                &format!("no route for {method} {path}"),
+                None,
+                &[],
+            )
+        }
+    }
+}
+
+fn preflight(request: tiny_http::Request) {
+    let requested = header(&request, "Access-Control-Request-Headers")
+        .map(|h| {
+            h.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty() && t.bytes().all(is_token_byte))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| {
+            "Content-Type, Authorization, Accept, X-Requested-With, x-api-key".to_string()
+        });
+    let _ = ResponseWriter::send_whole(
+        request,
+        204,
+        &[
+            ("Access-Control-Allow-Origin", "*"),
+            (
+                "Access-Control-Allow-Methods",
+                "GET, POST, PUT, PATCH, DELETE, OPTIONS",
+            ),
+            ("Access-Control-Allow-Headers", &requested),
+            ("Access-Control-Max-Age", "86400"),
+        ],
+        b"",
+    );
+}
+
+fn is_token_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
+
+pub fn header<'a>(request: &'a tiny_http::Request, name: &str) -> Option<&'a str> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
+}
+
+/// With `apiKeys` set, a request needs one of them as Bearer, `x-api-key` or Basic password.
+fn authorized(app: &App, request: &tiny_http::Request) -> bool {
+    let config = app.config();
+    if config.api_keys.is_empty() {
+        return true;
+    }
+    let mut offered: Vec<Cow<str>> = Vec::new();
+    if let Some(value) = header(request, "Authorization") {
+        let value = value.trim();
+        if let Some(token) = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+        {
+            offered.push(Cow::Borrowed(token.trim()));
+        } else if let Some(encoded) = value
+            .strip_prefix("Basic ")
+            .or_else(|| value.strip_prefix("basic "))
+        {
+            if let Some(decoded) = base64_decode(encoded.trim()) {
+                if let Some((_, password)) = String::from_utf8_lossy(&decoded).split_once(':') {
+                    offered.push(Cow::Owned(password.to_string()));
+                }
+            }
+        }
+    }
+    if let Some(value) = header(request, "x-api-key") {
+        offered.push(Cow::Borrowed(value.trim()));
+    }
+    // Compare against every key without stopping early, so timing reveals nothing.
+    let mut matched = false;
+    for key in &config.api_keys {
+        for candidate in &offered {
+            matched |= http::constant_time_eq(key.as_bytes(), candidate.as_bytes());
+        }
+    }
+    matched
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut accumulator = 0u32;
+    let mut bits = 0;
+    for byte in text.bytes() {
+        let value = match byte {
+            b'A'..=b'Z' => byte - b'A',
+            b'a'..=b'z' => byte - b'a' + 26,
+            b'0'..=b'9' => byte - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            b'=' => break,
+            _ => return None,
+        };
+        accumulator = (accumulator << 6) | u32::from(value);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((accumulator >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// Client headers to pass upstream: everything except hop-by-hop ones.
+fn forwarded_headers(request: &tiny_http::Request) -> Vec<(String, String)> {
+    request
+        .headers()
+        .iter()
+        .filter(|h| !forward::is_hop_by_hop(h.field.as_str().as_str()))
+        .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
+        .collect()
+}
+
+fn client_of(app: &App, request: &tiny_http::Request) -> ClientSocket {
+    ClientSocket {
+        local: app.local_addr,
+        peer: request.remote_addr().copied(),
+        fd: std::cell::Cell::new(None),
+    }
+}
+
+fn body_error(request: tiny_http::Request, too_large: bool, limit: usize) {
+    if too_large {
+        http::send_error(
+            request,
+            413,
+            &format!("request body is larger than the limit of {limit} bytes"),
+            None,
+            &[],
+        );
+    } else {
+        http::send_error(
+            request,
+            400,
+            "the request body could not be read (truncated?)",
+            None,
+            &[],
+        );
+    }
+}
+
+fn model_request(
+    app: &App,
+    mut request: tiny_http::Request,
+    method: &str,
+    source: ModelSource,
+    upstream_path: Cow<'static, str>,
+    query: &str,
+) {
+    let limits = app.limits();
+    let body = match source {
+        ModelSource::Query => Vec::new(),
+        _ => match read_body(&mut request, limits.max_body_bytes) {
+            Ok(body) => body,
+            Err(too_large) => return body_error(request, too_large, limits.max_body_bytes),
+        },
+    };
+    let content_type = header(&request, "Content-Type").unwrap_or("").to_string();
+    let requested = match source {
+        ModelSource::JsonBody => extract::from_json(&body),
+        ModelSource::Multipart => extract::from_multipart(&body, &content_type),
+        ModelSource::Query => extract::from_query(query),
+    };
+    let requested = match requested {
+        Ok(requested) => requested,
+        Err(error) => return http::send_error(request, 400, &error.to_string(), None, &[]),
+    };
+    let config = app.config();
+    let Some(model_id) = config.resolve_model(&requested.model).map(str::to_string) else {
+        return http::send_error(
+            request,
+            404,
+            &format!("could not find model '{}'", requested.model),
+            Some("model_not_found"),
+            &[],
+        );
+    };
+    let model = &config.models[&model_id];
+    let body = match source {
+        ModelSource::JsonBody if extract::needs_json_rewrite(model, &requested.model) => {
+            match extract::rewrite_json(&body, model, &requested.model) {
+                Ok(body) => body,
+                Err(error) => return http::send_error(request, 400, &error.to_string(), None, &[]),
+            }
+        }
+        ModelSource::Multipart => match &model.use_model_name {
+            Some(name) => match extract::rewrite_multipart_model(&body, &content_type, name) {
+                Ok(body) => body,
+                Err(error) => return http::send_error(request, 400, &error.to_string(), None, &[]),
+            },
+            None => body,
+        },
+        _ => body,
+    };
+    let loading_state = model.send_loading_state
+        && requested.stream
+        && upstream_path.starts_with("/v1/chat/completions");
+    let path_and_query = if query.is_empty() {
+        upstream_path.into_owned()
+    } else {
+        format!("{upstream_path}?{query}")
+    };
+    let outgoing = Outgoing {
+        method: method.to_string(),
+        path_and_query,
+        headers: forwarded_headers(&request),
+        body,
+    };
+    proxy_to(app, request, &model_id, outgoing, loading_state);
+}
+
+/// Acquires the model (watching the client while it waits) and forwards.
+fn proxy_to(
+    app: &App,
+    request: tiny_http::Request,
+    model_id: &str,
+    outgoing: Outgoing,
+    loading_state: bool,
+) {
+    let started = Instant::now();
+    let client = client_of(app, &request);
+    let mut ticket = app.supervisor.request(model_id);
+    let mut request = Some(request);
+    let mut loading: Option<LoadingStream> = None;
+    let lease = loop {
+        match ticket.wait(Duration::from_millis(250)) {
+            Some(Reply::Granted(lease)) => break lease,
+            Some(Reply::Failed(error)) => {
+                let (status, code, extra) = acquire_error_status(&error);
+                let message = error.to_string();
+                match (request.take(), loading.take()) {
+                    (Some(request), _) => http::send_error(request, status, &message, code, extra),
+                    (None, Some(stream)) => stream.fail(status, &message),
+                    (None, None) => {}
+                }
+                log::info!(
+                    "{} {} model={model_id} {status} ({message})",
+                    outgoing.method,
+                    outgoing.path_and_query
+                );
+                return;
+            }
+            Some(Reply::Queued) => {
+                if loading_state {
+                    if let Some(request) = request.take() {
+                        match LoadingStream::start(request, model_id) {
+                            Some(stream) => loading = Some(stream),
+                            None => return,
+                        }
+                    }
+                }
+            }
+            None => {
+                // Still waiting: if the client left, withdraw (dropping the ticket cancels).
+                if client.is_gone() {
+                    log::info!("client left while waiting for '{model_id}'; request withdrawn");
+                    return;
+                }
+                if let Some(stream) = loading.as_mut() {
+                    if stream.tick().is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let destination = match (request, loading) {
+        (Some(request), _) => Destination::Fresh(request),
+        (None, Some(stream)) => match stream.done(started) {
+            Some(writer) => Destination::Started(writer),
+            None => return,
+        },
+        (None, None) => return,
+    };
+    let outcome = forward::forward(app, destination, &client, &lease, &outgoing);
+    drop(lease);
+    log::info!(
+        "{} {} model={model_id} {} {}B {:.1}ms",
+        outgoing.method,
+        outgoing.path_and_query,
+        outcome.status,
+        outcome.bytes,
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+}
+
+fn acquire_error_status(
+    error: &AcquireError,
+) -> (
+    u16,
+    Option<&'static str>,
+    &'static [(&'static str, &'static str)],
+) {
+    match error {
+        AcquireError::UnknownModel(_) => (404, Some("model_not_found"), &[]),
+        AcquireError::TooManyRequests(_) => {
+            (429, Some("concurrency_limit"), &[("Retry-After", "1")])
+        }
+        AcquireError::StartFailed(_) => (503, Some("model_start_failed"), &[]),
+        AcquireError::Unloaded(_) => (503, Some("model_unloaded"), &[]),
+        AcquireError::ShuttingDown => (503, Some("shutting_down"), &[]),
+        #[allow(unreachable_patterns)] // AcquireError is non_exhaustive for other crates only.
+        _ => (500, None, &[]),
+    }
+}
+
+/// llama-swap's `sendLoadingState`: a streaming chat request to a cold model gets an
+/// immediate SSE response whose `reasoning_content` reports loading, then the real stream.
+struct LoadingStream {
+    writer: ResponseWriter,
+    ticks: u32,
+}
+
+impl LoadingStream {
+    fn start(request: tiny_http::Request, model_id: &str) -> Option<LoadingStream> {
+        let writer = ResponseWriter::start(
+            request,
+            200,
+            &[
+                ("Content-Type", "text/event-stream"),
+                ("Cache-Control", "no-cache"),
+                ("X-Accel-Buffering", "no"),
+            ],
+            None,
+        )
+        .ok()?;
+        let mut stream = LoadingStream { writer, ticks: 0 };
+        stream
+            .send(&format!("━━━━━\nswapd loading model: {model_id}\n"))
+            .ok()?;
+        Some(stream)
+    }
+
+    fn send(&mut self, text: &str) -> std::io::Result<()> {
+        let chunk = json!({
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {"reasoning_content": text}}],
+        });
+        let event = format!("data: {chunk}\n\n");
+        self.writer.write_chunk(event.as_bytes())
+    }
+
+    /// Called every 250 ms while waiting: a dot every 750 ms shows progress.
+    fn tick(&mut self) -> std::io::Result<()> {
+        self.ticks += 1;
+        if self.ticks % 3 == 0 {
+            self.send(".")
+        } else {
+            Ok(())
+        }
+    }
+
+    fn done(mut self, started: Instant) -> Option<ResponseWriter> {
+        self.send(&format!(
+            "\nDone! ({:.2}s)\n━━━━━\n",
+            started.elapsed().as_secs_f64()
+        ))
+        .ok()?;
+        Some(self.writer)
+    }
+
+    fn fail(mut self, status: u16, message: &str) {
+        let _ = self
+            .writer
+            .write_chunk(&forward::sse_error(status, message));
+        let _ = self.writer.finish();
+    }
+}
+
+fn list_models(app: &App, request: tiny_http::Request) {
+    let config = app.config();
+    let statuses = app.supervisor.snapshot();
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let loaded = |id: &str| {
+        statuses
+            .iter()
+            .any(|s| s.model == id && s.phase != Phase::Stopped)
+    };
+    let mut data = Vec::new();
+    for (id, model) in &config.models {
+        if model.unlisted {
+            continue;
+        }
+        let record = |record_id: &str, kind: &str| {
+            let mut llamaswap = match &model.metadata {
+                Value::Object(map) => map.clone(),
+                _ => serde_json::Map::new(),
+            };
+            llamaswap.insert("type".into(), json!(kind));
+            if kind == "model" && !model.aliases.is_empty() {
+                llamaswap.insert("aliases".into(), json!(model.aliases));
+            }
+            if kind == "alias" {
+                llamaswap.insert("modelID".into(), json!(id));
+            }
+            let mut record = json!({
+                "id": record_id,
+                "object": "model",
+                "created": created,
+                "owned_by": "swapd",
+                "meta": {"llamaswap": llamaswap},
+                "status": {"value": if loaded(id) { "loaded" } else { "unloaded" }},
+            });
+            if let Some(name) = &model.name {
+                record["name"] = json!(name);
+            }
+            if let Some(description) = &model.description {
+                record["description"] = json!(description);
+            }
+            record
+        };
+        data.push(record(id, "model"));
+        if config.include_aliases_in_list {
+            for alias in &model.aliases {
+                data.push(record(alias, "alias"));
+            }
+        }
+    }
+    data.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    let body = serde_json::to_vec(&json!({"object": "list", "data": data}))
+        .expect("a JSON value always serialises");
+    let origin = header(&request, "Origin").unwrap_or("*").to_string();
+    let _ = ResponseWriter::send_whole(
+        request,
+        200,
+        &[
+            ("Content-Type", "application/json"),
+            ("Access-Control-Allow-Origin", &origin),
+        ],
+        &body,
+    );
+}
+
+fn running(app: &App, request: tiny_http::Request) {
+    let config = app.config();
+    let running: Vec<Value> = app
+        .supervisor
+        .snapshot()
+        .into_iter()
+        .filter(|s| s.phase != Phase::Stopped)
+        .filter_map(|s| {
+            let model = config.models.get(&s.model)?;
+            let mut entry = json!({
+                "model": s.model,
+                "state": s.phase.as_str(),
+                "cmd": model.cmd_display,
+                "proxy": model.proxy,
+                "ttl": model.ttl.as_secs(),
+                "pid": s.pid,
+            });
+            if let Some(name) = &model.name {
+                entry["name"] = json!(name);
+            }
+            if let Some(description) = &model.description {
+                entry["description"] = json!(description);
+            }
+            Some(entry)
+        })
+        .collect();
+    http::send_json(request, 200, &json!({ "running": running }));
+}
+
+fn unload_one(app: &App, request: tiny_http::Request, name: &str) {
+    let decoded = extract::percent_decode(name);
+    let config = app.config();
+    match config.resolve_model(&decoded) {
+        Some(id) => {
+            app.supervisor.unload(Some(id));
+            http::send_text(request, 200, "OK");
+        }
+        None => http::send_error(
+            request,
+            404,
+            &format!("model '{decoded}' not found"),
+            Some("model_not_found"),
+            &[],
+        ),
+    }
+}
+
+fn upstream(app: &App, mut request: tiny_http::Request, method: &str, rest: &str, query: &str) {
+    let config = app.config();
+    let Some((model_id, remainder)) = extract::upstream_target(&config, rest) else {
+        return http::send_error(
+            request,
+            404,
+            &format!("no model matches the path /upstream/{rest}"),
+            Some("model_not_found"),
+            &[],
+        );
+    };
+    if remainder.is_empty() {
+        let location = format!("/upstream/{rest}/");
+        let status = if matches!(method, "GET" | "HEAD") {
+            301
+        } else {
+            308
+        };
+        let _ = ResponseWriter::send_whole(request, status, &[("Location", &location)], b"");
+        return;
+    }
+    let limits = app.limits();
+    let body = match read_body(&mut request, limits.max_body_bytes) {
+        Ok(body) => body,
+        Err(too_large) => return body_error(request, too_large, limits.max_body_bytes),
+    };
+    let path_and_query = if query.is_empty() {
+        remainder.to_string()
+    } else {
+        format!("{remainder}?{query}")
+    };
+    let outgoing = Outgoing {
+        method: method.to_string(),
+        path_and_query,
+        headers: forwarded_headers(&request),
+        body,
+    };
+    proxy_to(app, request, &model_id, outgoing, false);
+}
+
+fn log_stream(app: &App, request: tiny_http::Request, path: &str, query: &str) {
+    let id = path
+        .strip_prefix("/logs/stream")
+        .unwrap_or("")
+        .trim_start_matches('/');
+    let id = extract::percent_decode(id);
+    let buffer =
+        match id.as_str() {
+            "" => app.logs.mux.clone(),
+            "proxy" => app.logs.proxy.clone(),
+            "upstream" => app.logs.upstream.clone(),
+            name => match app.config().resolve_model(name) {
+                Some(model_id) => app.logs.model(model_id),
+                None => return http::send_error(
+                    request,
+                    400,
+                    &format!(
+                        "invalid logger '{name}'. Use 'proxy', 'upstream' or a model's ID or alias"
+                    ),
+                    None,
+                    &[],
+                ),
+            },
+        };
+    let no_history = query
+        .split('&')
+        .any(|pair| pair.split('=').next() == Some("no-history"));
+    let (history, subscription) = if no_history {
+        (Vec::new(), buffer.subscribe_live())
+    } else {
+        buffer.subscribe()
+    };
+    let client = client_of(app, &request);
+    let Ok(mut writer) = ResponseWriter::start(
+        request,
+        200,
+        &[
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("X-Content-Type-Options", "nosniff"),
+            ("X-Accel-Buffering", "no"),
+            ("Cache-Control", "no-cache"),
+        ],
+        None,
+    ) else {
+        return;
+    };
+    if writer.write_chunk(&history).is_err() {
+        return;
+    }
+    loop {
+        match subscription.receiver().recv_timeout(Duration::from_secs(1)) {
+            Ok(chunk) => {
+                if writer.write_chunk(&chunk).is_err() {
+                    return;
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if client.is_gone() || app.is_shutting_down() {
+                    let _ = writer.finish();
+                    return;
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                let _ = writer.finish();
+                return;
+            }
+        }
+    }
+}

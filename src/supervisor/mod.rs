@@ -1,0 +1,883 @@
+//! The supervisor: one thread that owns every child process and every model's state.
+//!
+//! Request handlers never read model state to decide anything. They call
+//! [`Supervisor::request`] and wait on the [`Ticket`]; the supervisor admits, queues, starts,
+//! swaps and answers. Everything that can block (health polling, waiting for a process to exit,
+//! reading its output) runs on helper threads that report back as [`Command`]s tagged with a
+//! generation number, so stale reports are recognised and dropped. The loop itself never blocks
+//! except on its own channel.
+
+pub mod health;
+pub mod plan;
+pub mod process;
+
+use std::collections::{HashMap, VecDeque};
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::config::{Config, ModelConfig};
+use crate::logs::Logs;
+
+/// Why a model could not be acquired. Each maps to one HTTP status (see `proxy::errors`).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum AcquireError {
+    /// The model id is not configured.
+    UnknownModel(String),
+    /// `concurrencyLimit` admitted requests are already queued, waiting or serving.
+    TooManyRequests(String),
+    /// The child exited during start or never became healthy; the message says why.
+    StartFailed(String),
+    /// The model was unloaded while this request waited for it.
+    Unloaded(String),
+    /// swapd is shutting down.
+    ShuttingDown,
+}
+
+impl std::fmt::Display for AcquireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AcquireError::UnknownModel(model) => write!(f, "could not find model '{model}'"),
+            AcquireError::TooManyRequests(_) => write!(f, "Too many requests"),
+            AcquireError::StartFailed(message) => write!(f, "{message}"),
+            AcquireError::Unloaded(model) => {
+                write!(
+                    f,
+                    "model '{model}' was unloaded while the request waited for it"
+                )
+            }
+            AcquireError::ShuttingDown => write!(f, "swapd is shutting down"),
+        }
+    }
+}
+
+/// The right to send requests to a running model. Dropping it tells the supervisor the request
+/// is finished, so in-flight counts cannot leak, even on panic.
+pub struct Lease {
+    model: Arc<str>,
+    upstream: Arc<str>,
+    tx: Sender<Command>,
+}
+
+impl Lease {
+    /// The model id this lease is for.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+    /// The base URL of the running upstream (`proxy` of the config it was started with).
+    pub fn upstream(&self) -> &str {
+        &self.upstream
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Command::Release {
+            model: self.model.clone(),
+        });
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Lease({})", self.model)
+    }
+}
+
+/// What the supervisor answers to a request, in order: at most one `Queued`, then one final.
+#[derive(Debug)]
+pub enum Reply {
+    /// Admitted, but the model is not ready: the final reply follows later.
+    Queued,
+    Granted(Lease),
+    Failed(AcquireError),
+}
+
+/// A request's place in the supervisor. Dropping it before the final reply withdraws the
+/// request (the client went away), so it neither keeps a model loaded nor triggers a swap.
+pub struct Ticket {
+    id: u64,
+    rx: Receiver<Reply>,
+    tx: Sender<Command>,
+    finished: bool,
+}
+
+impl Ticket {
+    /// Waits up to `timeout` for the next reply. `None` means still waiting.
+    pub fn wait(&mut self, timeout: Duration) -> Option<Reply> {
+        let reply = match self.rx.recv_timeout(timeout) {
+            Ok(reply) => reply,
+            Err(RecvTimeoutError::Timeout) => return None,
+            Err(RecvTimeoutError::Disconnected) => Reply::Failed(AcquireError::ShuttingDown),
+        };
+        if !matches!(reply, Reply::Queued) {
+            self.finished = true;
+        }
+        Some(reply)
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.tx.send(Command::Cancel { id: self.id });
+        }
+    }
+}
+
+/// A model's lifecycle phase, as `/running` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Stopped,
+    Starting,
+    Ready,
+    Stopping,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Stopped => "stopped",
+            Phase::Starting => "starting",
+            Phase::Ready => "ready",
+            Phase::Stopping => "stopping",
+        }
+    }
+}
+
+/// One model's state as seen from outside.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelStatus {
+    pub model: String,
+    pub phase: Phase,
+    pub pid: Option<u32>,
+    pub inflight: usize,
+    pub queued: usize,
+}
+
+/// Messages into the supervisor loop. Closed: the loop matches every variant.
+pub enum Command {
+    Acquire {
+        id: u64,
+        model: String,
+        reply: Sender<Reply>,
+    },
+    Cancel {
+        id: u64,
+    },
+    Release {
+        model: Arc<str>,
+    },
+    HealthPassed {
+        model: String,
+        generation: u64,
+    },
+    HealthFailed {
+        model: String,
+        generation: u64,
+        reason: String,
+    },
+    Exited {
+        model: String,
+        generation: u64,
+        status: ExitStatus,
+    },
+    /// Stop one model (`Some`) or all; `done` is dropped once they are stopped.
+    Unload {
+        model: Option<String>,
+        done: Sender<()>,
+    },
+    Snapshot {
+        reply: Sender<Vec<ModelStatus>>,
+    },
+    Shutdown {
+        done: Sender<()>,
+    },
+}
+
+/// The handle request handlers hold. Cloning is cheap; the loop ends on `shutdown`.
+#[derive(Clone)]
+pub struct Supervisor {
+    tx: Sender<Command>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl Supervisor {
+    /// Starts the supervisor thread.
+    pub fn start(config: Arc<Config>, logs: Arc<Logs>) -> (Supervisor, thread::JoinHandle<()>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut state = State::new(config, logs, tx.clone());
+        let handle = thread::Builder::new()
+            .name("supervisor".to_string())
+            .spawn(move || state.run(rx))
+            .expect("the supervisor thread must start for swapd to run at all");
+        (
+            Supervisor {
+                tx,
+                next_id: Arc::new(AtomicU64::new(1)),
+            },
+            handle,
+        )
+    }
+
+    /// Asks for `model` (a configured id, aliases already resolved). The first reply arrives
+    /// at once: `Granted` on the fast path, `Failed` when not admitted, else `Queued`.
+    pub fn request(&self, model: &str) -> Ticket {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, rx) = crossbeam_channel::bounded(2);
+        let _ = self.tx.send(Command::Acquire {
+            id,
+            model: model.to_string(),
+            reply,
+        });
+        Ticket {
+            id,
+            rx,
+            tx: self.tx.clone(),
+            finished: false,
+        }
+    }
+
+    /// Blocks until the model is granted or fails (no client to watch: preload, tests).
+    pub fn acquire_blocking(&self, model: &str) -> Result<Lease, AcquireError> {
+        let mut ticket = self.request(model);
+        loop {
+            match ticket.wait(Duration::from_secs(3600)) {
+                Some(Reply::Granted(lease)) => return Ok(lease),
+                Some(Reply::Failed(error)) => return Err(error),
+                Some(Reply::Queued) | None => continue,
+            }
+        }
+    }
+
+    /// Stops one model or all and waits until they are stopped.
+    pub fn unload(&self, model: Option<&str>) {
+        let (done, wait) = crossbeam_channel::bounded::<()>(0);
+        let _ = self.tx.send(Command::Unload {
+            model: model.map(str::to_string),
+            done,
+        });
+        // Every sender is dropped once its model is stopped: a free wait group.
+        let _ = wait.recv();
+    }
+
+    /// The state of every configured model.
+    pub fn snapshot(&self) -> Vec<ModelStatus> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        if self.tx.send(Command::Snapshot { reply }).is_err() {
+            return Vec::new();
+        }
+        rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default()
+    }
+
+    /// Fails every waiting request, stops every child, and returns once all are reaped or
+    /// `timeout` has passed.
+    pub fn shutdown(&self, timeout: Duration) -> bool {
+        let (done, wait) = crossbeam_channel::bounded::<()>(0);
+        if self.tx.send(Command::Shutdown { done }).is_err() {
+            return true;
+        }
+        !matches!(wait.recv_timeout(timeout), Err(RecvTimeoutError::Timeout))
+    }
+}
+
+struct Waiter {
+    id: u64,
+    reply: Sender<Reply>,
+}
+
+struct Pending {
+    id: u64,
+    model: String,
+    reply: Sender<Reply>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum StopReason {
+    Swap,
+    Ttl,
+    Unload,
+    StartFailed,
+    Shutdown,
+}
+
+struct Slot {
+    config: Arc<ModelConfig>,
+    phase: Phase,
+    generation: u64,
+    pid: Option<u32>,
+    probe_cancel: Option<Arc<AtomicBool>>,
+    inflight: usize,
+    waiters: Vec<Waiter>,
+    last_used: Instant,
+    kill_at: Option<Instant>,
+    stop_waiters: Vec<Sender<()>>,
+}
+
+impl Slot {
+    fn new(config: Arc<ModelConfig>) -> Slot {
+        Slot {
+            config,
+            phase: Phase::Stopped,
+            generation: 0,
+            pid: None,
+            probe_cancel: None,
+            inflight: 0,
+            waiters: Vec::new(),
+            last_used: Instant::now(),
+            kill_at: None,
+            stop_waiters: Vec::new(),
+        }
+    }
+
+    /// Idle: running with nobody using or waiting for it, so it may be stopped for a swap.
+    fn idle(&self) -> bool {
+        self.phase == Phase::Ready && self.inflight == 0 && self.waiters.is_empty()
+    }
+}
+
+struct State {
+    config: Arc<Config>,
+    logs: Arc<Logs>,
+    tx: Sender<Command>,
+    slots: HashMap<String, Slot>,
+    queue: VecDeque<Pending>,
+    next_generation: u64,
+    shutting_down: bool,
+    shutdown_done: Vec<Sender<()>>,
+    probe_agent: ureq::Agent,
+}
+
+/// How long a stop waits for the child after SIGKILL before giving up on it entirely.
+const START_FAILURE_GRACE: Duration = Duration::from_secs(5);
+
+impl State {
+    fn new(config: Arc<Config>, logs: Arc<Logs>, tx: Sender<Command>) -> State {
+        let slots = config
+            .models
+            .iter()
+            .map(|(id, model)| (id.clone(), Slot::new(Arc::new(model.clone()))))
+            .collect();
+        State {
+            config,
+            logs,
+            tx,
+            slots,
+            queue: VecDeque::new(),
+            next_generation: 1,
+            shutting_down: false,
+            shutdown_done: Vec::new(),
+            probe_agent: health::probe_agent(),
+        }
+    }
+
+    fn run(&mut self, rx: Receiver<Command>) {
+        loop {
+            let deadline = self.next_deadline();
+            let command = match deadline {
+                Some(deadline) => match rx.recv_deadline(deadline) {
+                    Ok(command) => Some(command),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+                None => match rx.recv() {
+                    Ok(command) => Some(command),
+                    Err(_) => break,
+                },
+            };
+            if let Some(command) = command {
+                self.handle(command);
+            }
+            self.on_timers(Instant::now());
+            self.pump();
+            if self.shutting_down && self.slots.values().all(|s| s.phase == Phase::Stopped) {
+                self.shutdown_done.clear();
+                break;
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Acquire { id, model, reply } => self.on_acquire(id, model, reply),
+            Command::Cancel { id } => {
+                self.queue.retain(|p| p.id != id);
+                for slot in self.slots.values_mut() {
+                    slot.waiters.retain(|w| w.id != id);
+                }
+            }
+            Command::Release { model } => {
+                if let Some(slot) = self.slots.get_mut(&*model) {
+                    slot.inflight = slot.inflight.saturating_sub(1);
+                    slot.last_used = Instant::now();
+                }
+            }
+            Command::HealthPassed { model, generation } => self.on_healthy(&model, generation),
+            Command::HealthFailed {
+                model,
+                generation,
+                reason,
+            } => self.on_health_failed(&model, generation, reason),
+            Command::Exited {
+                model,
+                generation,
+                status,
+            } => self.on_exited(&model, generation, status),
+            Command::Unload { model, done } => self.on_unload(model, done),
+            Command::Snapshot { reply } => {
+                let mut statuses: Vec<ModelStatus> = self
+                    .slots
+                    .iter()
+                    .map(|(id, slot)| ModelStatus {
+                        model: id.clone(),
+                        phase: slot.phase,
+                        pid: slot.pid,
+                        inflight: slot.inflight,
+                        queued: slot.waiters.len()
+                            + self.queue.iter().filter(|p| &p.model == id).count(),
+                    })
+                    .collect();
+                statuses.sort_by(|a, b| a.model.cmp(&b.model));
+                let _ = reply.send(statuses);
+            }
+            Command::Shutdown { done } => {
+                if !self.shutting_down {
+                    log::info!("supervisor: shutting down, stopping every model");
+                }
+                self.shutting_down = true;
+                self.shutdown_done.push(done);
+                for pending in self.queue.drain(..) {
+                    let _ = pending
+                        .reply
+                        .send(Reply::Failed(AcquireError::ShuttingDown));
+                }
+                let running: Vec<String> = self
+                    .slots
+                    .iter()
+                    .filter(|(_, s)| matches!(s.phase, Phase::Starting | Phase::Ready))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in running {
+                    let grace = self.slots[&id].config.unload_timeout;
+                    self.begin_stop(&id, StopReason::Shutdown, grace);
+                }
+                // A model already stopping for a swap may have a long grace
+                // (healthCheckTimeout); shutdown does not wait longer than unloadTimeout.
+                let now = Instant::now();
+                for slot in self.slots.values_mut() {
+                    if slot.phase == Phase::Stopping {
+                        let limit = now + slot.config.unload_timeout;
+                        slot.kill_at = Some(slot.kill_at.map_or(limit, |at| at.min(limit)));
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_acquire(&mut self, id: u64, model: String, reply: Sender<Reply>) {
+        if self.shutting_down {
+            let _ = reply.send(Reply::Failed(AcquireError::ShuttingDown));
+            return;
+        }
+        let Some(slot) = self.slots.get(&model) else {
+            let _ = reply.send(Reply::Failed(AcquireError::UnknownModel(model)));
+            return;
+        };
+        let admitted = slot.inflight
+            + slot.waiters.len()
+            + self.queue.iter().filter(|p| p.model == model).count();
+        if admitted >= slot.config.concurrency_limit {
+            let _ = reply.send(Reply::Failed(AcquireError::TooManyRequests(model)));
+            return;
+        }
+        // Fast path: a ready model serves at once, even when an earlier queued request waits
+        // to evict it (llama-swap's collation; the swap happens once it drains).
+        if slot.phase == Phase::Ready {
+            let lease = self.grant(&model);
+            let _ = reply.send(Reply::Granted(lease));
+            return;
+        }
+        let _ = reply.send(Reply::Queued);
+        self.queue.push_back(Pending { id, model, reply });
+    }
+
+    fn grant(&mut self, model: &str) -> Lease {
+        let slot = self
+            .slots
+            .get_mut(model)
+            .expect("grant is only called for configured models");
+        slot.inflight += 1;
+        Lease {
+            model: Arc::from(model),
+            upstream: Arc::from(slot.config.proxy.as_str()),
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// Serves, joins or starts what the queue allows, in arrival order. Requests for a model
+    /// that is ready or starting are served or joined at once, which collates A B A B into
+    /// A A B B; a swap waits until every model it must evict is idle.
+    fn pump(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        let mut index = 0;
+        while index < self.queue.len() {
+            let model = self.queue[index].model.clone();
+            let phase = self.slots[&model].phase;
+            match phase {
+                Phase::Ready => {
+                    let pending = self.queue.remove(index).expect("index is in bounds");
+                    let lease = self.grant(&model);
+                    let _ = pending.reply.send(Reply::Granted(lease));
+                }
+                Phase::Starting => {
+                    let pending = self.queue.remove(index).expect("index is in bounds");
+                    self.slots
+                        .get_mut(&model)
+                        .expect("queued models are configured")
+                        .waiters
+                        .push(Waiter {
+                            id: pending.id,
+                            reply: pending.reply,
+                        });
+                }
+                Phase::Stopping => index += 1,
+                Phase::Stopped => {
+                    let running: Vec<&str> = self
+                        .slots
+                        .iter()
+                        .filter(|(_, s)| s.phase != Phase::Stopped)
+                        .map(|(id, _)| id.as_str())
+                        .collect();
+                    let evict: Vec<String> = plan::evictions(&model, &running, &self.config.groups)
+                        .into_iter()
+                        .map(str::to_string)
+                        .collect();
+                    if evict.is_empty() {
+                        let pending = self.queue.remove(index).expect("index is in bounds");
+                        self.start(&model);
+                        let slot = self.slots.get_mut(&model).expect("configured");
+                        if slot.phase == Phase::Starting {
+                            slot.waiters.push(Waiter {
+                                id: pending.id,
+                                reply: pending.reply,
+                            });
+                        } else {
+                            // The spawn itself failed; `start` recorded why.
+                            let message =
+                                self.start_failure_message(&model, "could not be started");
+                            let _ = pending
+                                .reply
+                                .send(Reply::Failed(AcquireError::StartFailed(message)));
+                        }
+                    } else {
+                        if evict.iter().all(|id| self.slots[id].idle()) {
+                            for id in &evict {
+                                log::info!("swapping: stopping {id} to load {model}");
+                                let grace = self.config.health_check_timeout;
+                                self.begin_stop(id, StopReason::Swap, grace);
+                            }
+                        }
+                        index += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn start(&mut self, model: &str) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let logs = self.logs.clone();
+        let model_log = logs.model(model);
+        let slot = self.slots.get_mut(model).expect("configured");
+        let config = slot.config.clone();
+        let tx = self.tx.clone();
+        let exited_model = model.to_string();
+        let sink = process::OutputSink {
+            model_log,
+            also: Arc::new(move |bytes: &[u8]| logs.write_upstream(bytes)),
+        };
+        log::info!("starting {model}: {}", config.cmd_display);
+        let spawned = process::spawn(&config.cmd, &config.env, sink, move |status| {
+            let _ = tx.send(Command::Exited {
+                model: exited_model,
+                generation,
+                status,
+            });
+        });
+        let pid = match spawned {
+            Ok(pid) => pid,
+            Err(error) => {
+                log::error!("cannot start {model}: {}: {error}", config.cmd_display);
+                self.logs.model(model).write(
+                    format!("swapd: cannot start '{}': {error}\n", config.cmd[0]).as_bytes(),
+                );
+                return;
+            }
+        };
+        slot.phase = Phase::Starting;
+        slot.generation = generation;
+        slot.pid = Some(pid);
+        slot.kill_at = None;
+        match &config.check_endpoint {
+            None => {
+                slot.phase = Phase::Ready;
+                slot.last_used = Instant::now();
+                self.wake_waiters(model);
+            }
+            Some(endpoint) => {
+                let cancel = Arc::new(AtomicBool::new(false));
+                slot.probe_cancel = Some(cancel.clone());
+                health::start_probe(health::Probe {
+                    agent: self.probe_agent.clone(),
+                    url: format!("{}{}", config.proxy, endpoint),
+                    model: model.to_string(),
+                    generation,
+                    timeout: self.config.health_check_timeout,
+                    cancel,
+                    tx: self.tx.clone(),
+                });
+            }
+        }
+    }
+
+    fn on_healthy(&mut self, model: &str, generation: u64) {
+        let Some(slot) = self.slots.get_mut(model) else {
+            return;
+        };
+        if slot.generation != generation || slot.phase != Phase::Starting {
+            return;
+        }
+        slot.phase = Phase::Ready;
+        slot.probe_cancel = None;
+        slot.last_used = Instant::now();
+        log::info!("{model} is ready");
+        self.wake_waiters(model);
+    }
+
+    fn wake_waiters(&mut self, model: &str) {
+        let waiters = std::mem::take(&mut self.slots.get_mut(model).expect("configured").waiters);
+        for waiter in waiters {
+            let lease = self.grant(model);
+            // A waiter whose client left drops the lease with the channel: released at once.
+            let _ = waiter.reply.send(Reply::Granted(lease));
+        }
+    }
+
+    fn fail_waiters(&mut self, model: &str, error: AcquireError) {
+        let slot = self.slots.get_mut(model).expect("configured");
+        for waiter in slot.waiters.drain(..) {
+            let _ = waiter.reply.send(Reply::Failed(error.clone()));
+        }
+    }
+
+    fn on_health_failed(&mut self, model: &str, generation: u64, reason: String) {
+        let Some(slot) = self.slots.get(model) else {
+            return;
+        };
+        if slot.generation != generation || slot.phase != Phase::Starting {
+            return;
+        }
+        let message = self.start_failure_message(model, &reason);
+        log::error!("{message}");
+        self.fail_waiters(model, AcquireError::StartFailed(message));
+        self.begin_stop(model, StopReason::StartFailed, START_FAILURE_GRACE);
+    }
+
+    fn start_failure_message(&self, model: &str, reason: &str) -> String {
+        let tail = self
+            .logs
+            .existing_model(model)
+            .map(|buffer| last_lines(&buffer.history(), 10))
+            .unwrap_or_default();
+        if tail.is_empty() {
+            format!("model '{model}' failed to start: {reason}")
+        } else {
+            format!("model '{model}' failed to start: {reason}; last output:\n{tail}")
+        }
+    }
+
+    fn on_exited(&mut self, model: &str, generation: u64, status: ExitStatus) {
+        let Some(slot) = self.slots.get_mut(model) else {
+            return;
+        };
+        if slot.generation != generation {
+            return;
+        }
+        let described = process::describe_exit(&status);
+        let pid = slot.pid.take();
+        if let Some(pid) = pid {
+            // The leader is gone; take any grandchildren still in its group with it.
+            process::signal_group(pid, libc::SIGKILL);
+        }
+        if let Some(cancel) = slot.probe_cancel.take() {
+            cancel.store(true, Ordering::Relaxed);
+        }
+        let previous = slot.phase;
+        slot.phase = Phase::Stopped;
+        slot.kill_at = None;
+        slot.stop_waiters.clear();
+        match previous {
+            Phase::Starting => {
+                let message = self.start_failure_message(
+                    model,
+                    &format!("process exited during start with {described}"),
+                );
+                log::error!("{message}");
+                self.fail_waiters(model, AcquireError::StartFailed(message));
+            }
+            Phase::Ready => {
+                log::warn!("{model}: upstream process exited unexpectedly with {described}");
+            }
+            Phase::Stopping | Phase::Stopped => {
+                log::info!("{model} stopped ({described})");
+            }
+        }
+        if let Some(buffer) = self.logs.existing_model(model) {
+            buffer.clear();
+        }
+    }
+
+    fn on_unload(&mut self, model: Option<String>, done: Sender<()>) {
+        let targets: Vec<String> = match model {
+            Some(model) => vec![model],
+            None => self.slots.keys().cloned().collect(),
+        };
+        for id in targets {
+            let Some(slot) = self.slots.get_mut(&id) else {
+                continue;
+            };
+            if slot.phase == Phase::Stopped {
+                continue;
+            }
+            slot.stop_waiters.push(done.clone());
+            // Requests queued for a model being unloaded are answered, not left hanging.
+            let mut index = 0;
+            while index < self.queue.len() {
+                if self.queue[index].model == id {
+                    let pending = self.queue.remove(index).expect("index is in bounds");
+                    let _ = pending
+                        .reply
+                        .send(Reply::Failed(AcquireError::Unloaded(id.clone())));
+                } else {
+                    index += 1;
+                }
+            }
+            if matches!(self.slots[&id].phase, Phase::Starting | Phase::Ready) {
+                let grace = self.slots[&id].config.unload_timeout;
+                self.begin_stop(&id, StopReason::Unload, grace);
+            }
+        }
+    }
+
+    fn begin_stop(&mut self, model: &str, reason: StopReason, grace: Duration) {
+        let slot = self.slots.get_mut(model).expect("configured");
+        if let Some(cancel) = slot.probe_cancel.take() {
+            cancel.store(true, Ordering::Relaxed);
+        }
+        let Some(pid) = slot.pid else {
+            slot.phase = Phase::Stopped;
+            return;
+        };
+        log::info!("stopping {model} (pid {pid}, reason {reason:?})");
+        slot.phase = Phase::Stopping;
+        slot.kill_at = Some(Instant::now() + grace);
+        let waiters_error = match reason {
+            StopReason::Shutdown => AcquireError::ShuttingDown,
+            _ => AcquireError::Unloaded(model.to_string()),
+        };
+        let config = slot.config.clone();
+        self.fail_waiters(model, waiters_error);
+        match &config.cmd_stop {
+            Some(cmd_stop) => {
+                let command = cmd_stop.replace("${PID}", &pid.to_string());
+                let result = crate::config::split_command(&command)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+                    .and_then(|argv| process::run_stop_command(&argv, &config.env));
+                if let Err(error) = result {
+                    log::warn!("{model}: cmdStop '{command}' failed ({error}); sending SIGTERM");
+                    process::signal_group(pid, libc::SIGTERM);
+                }
+            }
+            None => process::signal_group(pid, libc::SIGTERM),
+        }
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        for (id, slot) in self.slots.iter_mut() {
+            if let (Phase::Stopping, Some(kill_at), Some(pid)) =
+                (slot.phase, slot.kill_at, slot.pid)
+            {
+                if now >= kill_at {
+                    log::warn!(
+                        "{id} (pid {pid}) did not stop within its grace period; sending SIGKILL"
+                    );
+                    process::signal_group(pid, libc::SIGKILL);
+                    slot.kill_at = None;
+                }
+            }
+            if let Some(deadline) = ttl_deadline(slot) {
+                if now >= deadline && !self.shutting_down {
+                    expired.push(id.clone());
+                }
+            }
+        }
+        for id in expired {
+            log::info!(
+                "{id}: unloading after {}s idle (ttl)",
+                self.slots[&id].config.ttl.as_secs()
+            );
+            let grace = self.slots[&id].config.unload_timeout;
+            self.begin_stop(&id, StopReason::Ttl, grace);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.slots
+            .values()
+            .flat_map(|slot| {
+                let kill = if slot.phase == Phase::Stopping {
+                    slot.kill_at
+                } else {
+                    None
+                };
+                [kill, ttl_deadline(slot)]
+            })
+            .flatten()
+            .min()
+    }
+}
+
+/// When an idle ready model's TTL runs out (none while it is busy or has no TTL).
+fn ttl_deadline(slot: &Slot) -> Option<Instant> {
+    let ttl = slot.config.ttl;
+    (slot.phase == Phase::Ready && slot.inflight == 0 && slot.waiters.is_empty() && !ttl.is_zero())
+        .then(|| slot.last_used + ttl)
+}
+
+/// The last `count` lines of a log, as text.
+fn last_lines(history: &[u8], count: usize) -> String {
+    let text = String::from_utf8_lossy(history);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(count)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_lines_takes_the_tail() {
+        assert_eq!(last_lines(b"a\nb\nc\n", 2), "b\nc");
+        assert_eq!(last_lines(b"only", 5), "only");
+        assert_eq!(last_lines(b"", 5), "");
+    }
+}

@@ -1,0 +1,173 @@
+//! Starting, signalling and reaping one upstream child process.
+//!
+//! Only the supervisor thread calls [`spawn`]: the parent-death signal set here fires when the
+//! *spawning thread* exits, so children must come from that one long-lived thread. Each child
+//! gets its own process group so a stop reaches grandchildren too, a reaper thread that owns the
+//! `Child` and reports its exit, and two log reader threads that are never joined (a grandchild
+//! may hold the pipes open forever).
+
+use std::io::{self, Read};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::thread;
+
+use crate::logbuf::LogBuffer;
+
+/// Where a child's output goes: its model's buffer and, through `also`, the combined log.
+#[derive(Clone)]
+pub struct OutputSink {
+    pub model_log: Arc<LogBuffer>,
+    pub also: Arc<dyn Fn(&[u8]) + Send + Sync>,
+}
+
+/// Spawns `argv` with the inherited environment plus `env`, in a new process group, with
+/// stdout and stderr captured line by line. `on_exit` runs on the reaper thread with the
+/// exit status once the child has been reaped. Returns the pid (also the process group id).
+pub fn spawn(
+    argv: &[String],
+    env: &[(String, String)],
+    sink: OutputSink,
+    on_exit: impl FnOnce(ExitStatus) + Send + 'static,
+) -> io::Result<u32> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    prepare_child(&mut command, true);
+    let mut child = command.spawn()?;
+    let pid = child.id();
+    if let Some(stdout) = child.stdout.take() {
+        start_reader(stdout, sink.clone(), pid, "stdout");
+    }
+    if let Some(stderr) = child.stderr.take() {
+        start_reader(stderr, sink, pid, "stderr");
+    }
+    thread::Builder::new()
+        .name(format!("reaper-{pid}"))
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let status = child.wait().unwrap_or_else(|_| ExitStatus::from_raw(-1));
+            on_exit(status);
+        })?;
+    Ok(pid)
+}
+
+/// Sets what the forked child does before exec.
+///
+/// swapd blocks SIGTERM, SIGINT and SIGHUP in every thread (the signal thread takes them with
+/// sigwait) and exec keeps a blocked mask, so a child must unblock them or SIGTERM could never
+/// stop it; SIGPIPE goes back to its default action too. With `die_with_parent`,
+/// PR_SET_PDEATHSIG makes the kernel SIGKILL the child when the spawning thread (the
+/// supervisor) dies, so children never outlive a SIGKILLed swapd.
+fn prepare_child(command: &mut Command, die_with_parent: bool) {
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl,
+    // sigemptyset, sigprocmask and signal, which are async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            if die_with_parent && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+}
+
+/// Reads a pipe and writes whole lines into the sink. A line longer than the read buffer is
+/// written in pieces; a partial last line is written at end of stream.
+fn start_reader(mut pipe: impl Read + Send + 'static, sink: OutputSink, pid: u32, which: &str) {
+    let spawned = thread::Builder::new()
+        .name(format!("log-{which}-{pid}"))
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let mut buffer = vec![0u8; 16 * 1024];
+            let mut filled = 0usize;
+            loop {
+                let read = match pipe.read(&mut buffer[filled..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                filled += read;
+                let complete = match buffer[..filled].iter().rposition(|&b| b == b'\n') {
+                    Some(last_newline) => last_newline + 1,
+                    None if filled == buffer.len() => filled,
+                    None => continue,
+                };
+                sink.model_log.write(&buffer[..complete]);
+                (sink.also)(&buffer[..complete]);
+                buffer.copy_within(complete..filled, 0);
+                filled -= complete;
+            }
+            if filled > 0 {
+                sink.model_log.write(&buffer[..filled]);
+                (sink.also)(&buffer[..filled]);
+            }
+        });
+    if let Err(error) = spawned {
+        log::error!("cannot start the log reader for pid {pid}: {error}");
+    }
+}
+
+/// Sends `signal` to the whole process group `pgid`.
+pub fn signal_group(pgid: u32, signal: libc::c_int) {
+    // SAFETY: kill with a negative pid signals a process group; an error (ESRCH) only means the
+    // group is already gone. The supervisor never signals a group after its leader was reaped
+    // except to clean up right away, so the id cannot have been reused meanwhile.
+    unsafe {
+        libc::kill(-(pgid as libc::pid_t), signal);
+    }
+}
+
+/// Describes an exit status the way operators read it: "exit code 3" or "signal 9 (SIGKILL)".
+pub fn describe_exit(status: &ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        format!("exit code {code}")
+    } else if let Some(signal) = status.signal() {
+        let name = match signal {
+            libc::SIGKILL => " (SIGKILL)",
+            libc::SIGTERM => " (SIGTERM)",
+            libc::SIGINT => " (SIGINT)",
+            libc::SIGSEGV => " (SIGSEGV)",
+            libc::SIGABRT => " (SIGABRT)",
+            _ => "",
+        };
+        format!("signal {signal}{name}")
+    } else {
+        "unknown status".to_string()
+    }
+}
+
+/// Runs a `cmdStop` command line (already split, `${PID}` substituted) detached: its own
+/// reaper thread waits for it so it never becomes a zombie.
+pub fn run_stop_command(argv: &[String], env: &[(String, String)]) -> io::Result<()> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty cmdStop"))?;
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    prepare_child(&mut command, false);
+    let mut child = command.spawn()?;
+    thread::Builder::new()
+        .name("cmdstop-reaper".to_string())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let _ = child.wait();
+        })?;
+    Ok(())
+}

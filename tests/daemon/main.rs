@@ -1,0 +1,5 @@
+//! Integration tests: the real swapd binary with real fake-upstream children.
+
+mod common;
+mod proxy;
+mod supervisor;

@@ -1,0 +1,501 @@
+//! Supervisor behaviour through the daemon: starts, swaps, groups, limits, TTL, unload,
+//! failures and shutdown, each checked by its observable effects (pids, /running, statuses).
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::common::*;
+
+#[test]
+fn on_demand_start_then_swap_stops_the_previous_model() {
+    let daemon = Daemon::start(&simple_config(&["a", "b"], "", ""));
+    assert!(
+        daemon.running_states().is_empty(),
+        "nothing runs before a request"
+    );
+    let reply = post_json(&daemon.url("/v1/chat/completions"), &chat("a"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["model_served"], "a");
+    daemon.wait_running(&["a"]);
+    let pid_a = daemon.pid_of("a").expect("a has a pid");
+    assert!(pid_alive(pid_a));
+
+    let reply = post_json(&daemon.url("/v1/chat/completions"), &chat("b"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["model_served"], "b");
+    daemon.wait_running(&["b"]);
+    wait_for("a's process to be gone", Duration::from_secs(10), || {
+        (!pid_alive(pid_a)).then_some(())
+    });
+}
+
+#[test]
+fn non_swapping_group_members_coreside() {
+    let mut config = simple_config(&["a", "b"], "", "");
+    config.push_str("groups:\n  pair:\n    swap: false\n    members: [a, b]\n");
+    let daemon = Daemon::start(&config);
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("a")).status,
+        200
+    );
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("b")).status,
+        200
+    );
+    daemon.wait_running(&["a", "b"]);
+}
+
+#[test]
+fn persistent_group_survives_and_exclusive_group_evicts() {
+    let mut config = simple_config(&["a", "b", "embed", "x"], "", "");
+    config.push_str(
+        "groups:\n  main:\n    members: [a, b]\n  keep:\n    persistent: true\n    exclusive: false\n    swap: false\n    members: [embed]\n  shared:\n    exclusive: false\n    members: [x]\n",
+    );
+    let daemon = Daemon::start(&config);
+    assert_eq!(
+        post_json(&daemon.url("/v1/embeddings"), &chat("embed")).status,
+        200
+    );
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("a")).status,
+        200
+    );
+    daemon.wait_running(&["a", "embed"]);
+    // A swap inside the exclusive group keeps the persistent model.
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("b")).status,
+        200
+    );
+    daemon.wait_running(&["b", "embed"]);
+    // A non-exclusive group loads beside the exclusive one (llama-swap's one-way rule)...
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("x")).status,
+        200
+    );
+    daemon.wait_running(&["b", "embed", "x"]);
+    // ...and loading from the exclusive group evicts it, but not the persistent one.
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("a")).status,
+        200
+    );
+    daemon.wait_running(&["a", "embed"]);
+}
+
+/// Reads a streamed response from a raw socket until the terminating chunk.
+fn read_to_end_of_stream(stream: &mut std::net::TcpStream) -> String {
+    let mut all = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                all.extend_from_slice(&buffer[..n]);
+                if all.ends_with(b"0\r\n\r\n") {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+#[test]
+fn swap_waits_for_the_request_in_flight() {
+    let daemon = Daemon::start(&simple_config(&["a", "b"], "", ""));
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("a")).status,
+        200
+    );
+    // A slow stream on a: 10 chunks 100 ms apart.
+    let mut slow = open_stream(
+        &daemon.addr,
+        "/v1/chat/completions",
+        &json!({"model": "a", "stream": true, "stream_chunks": 10, "stream_interval_ms": 100}),
+    );
+    let mut first = [0u8; 64];
+    let _ = slow.read(&mut first).expect("stream started");
+    let b_started = Instant::now();
+    let addr = daemon.addr.clone();
+    let b = std::thread::spawn(move || {
+        let reply = post_json(&format!("http://{addr}/v1/chat/completions"), &chat("b"));
+        (reply.status, Instant::now())
+    });
+    let a_body = read_to_end_of_stream(&mut slow);
+    let a_done = Instant::now();
+    assert!(
+        a_body.contains("[DONE]"),
+        "the stream on a was cut: {a_body}"
+    );
+    let (status, b_done) = b.join().expect("b thread");
+    assert_eq!(status, 200);
+    assert!(b_done >= a_done, "b was served before a's stream finished");
+    assert!(b_started.elapsed() >= Duration::from_millis(500));
+}
+
+#[test]
+fn requests_are_collated_by_model() {
+    // a serves a slow stream; then b, a, b arrive: the second a is served before any b.
+    let daemon = Daemon::start(&simple_config(&["a", "b"], "", ""));
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("a")).status,
+        200
+    );
+    let mut slow = open_stream(
+        &daemon.addr,
+        "/v1/chat/completions",
+        &json!({"model": "a", "stream": true, "stream_chunks": 6, "stream_interval_ms": 100}),
+    );
+    let mut first = [0u8; 64];
+    let _ = slow.read(&mut first).expect("stream started");
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut threads = Vec::new();
+    for (index, model) in ["b", "a", "b"].into_iter().enumerate() {
+        let addr = daemon.addr.clone();
+        let order = order.clone();
+        threads.push(std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30 * index as u64));
+            let reply = post_json(&format!("http://{addr}/v1/chat/completions"), &chat(model));
+            assert_eq!(reply.status, 200);
+            order.lock().expect("order").push(model);
+        }));
+    }
+    for thread in threads {
+        thread.join().expect("client thread");
+    }
+    read_to_end_of_stream(&mut slow);
+    let order = order.lock().expect("order").clone();
+    assert_eq!(
+        order[0], "a",
+        "the queued a should be collated before b: {order:?}"
+    );
+}
+
+#[test]
+fn over_the_concurrency_limit_gets_429_before_streaming() {
+    let daemon = Daemon::start(&simple_config(
+        &["a"],
+        "    concurrencyLimit: 1\n    sendLoadingState: true\n",
+        "",
+    ));
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("a")).status,
+        200
+    );
+    let mut slow = open_stream(
+        &daemon.addr,
+        "/v1/chat/completions",
+        &json!({"model": "a", "stream": true, "stream_chunks": 5, "stream_interval_ms": 100}),
+    );
+    let mut first = [0u8; 64];
+    let _ = slow.read(&mut first).expect("stream started");
+    let reply = post_json(
+        &daemon.url("/v1/chat/completions"),
+        &json!({"model": "a", "stream": true}),
+    );
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert_eq!(reply.json()["error"]["code"], "concurrency_limit");
+    read_to_end_of_stream(&mut slow);
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("a")).status,
+        200
+    );
+}
+
+#[test]
+fn a_queued_client_that_leaves_does_not_trigger_a_swap() {
+    let daemon = Daemon::start(&simple_config(&["a", "b"], "", ""));
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("a")).status,
+        200
+    );
+    let pid_a = daemon.pid_of("a").expect("a runs");
+    let mut slow = open_stream(
+        &daemon.addr,
+        "/v1/chat/completions",
+        &json!({"model": "a", "stream": true, "stream_chunks": 8, "stream_interval_ms": 100}),
+    );
+    let mut first = [0u8; 64];
+    let _ = slow.read(&mut first).expect("stream started");
+    // b queues behind a's stream, then its client goes away.
+    let queued = open_stream(&daemon.addr, "/v1/chat/completions", &chat("b"));
+    std::thread::sleep(Duration::from_millis(100)); // let the request reach the queue
+    drop(queued);
+    read_to_end_of_stream(&mut slow);
+    // Give the supervisor time to (wrongly) swap, then check a still runs and b never started.
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < deadline {
+        assert!(
+            daemon.running_states().iter().all(|(m, _)| m == "a"),
+            "b was started for a client that had left: {:?}",
+            daemon.running_states()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(pid_alive(pid_a));
+}
+
+#[test]
+fn ttl_unloads_an_idle_model() {
+    let daemon = Daemon::start(&simple_config(&["a"], "    ttl: 1\n", ""));
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("a")).status,
+        200
+    );
+    let pid = daemon.pid_of("a").expect("a runs");
+    wait_for("ttl unload", Duration::from_secs(10), || {
+        daemon.running_states().is_empty().then_some(())
+    });
+    wait_for("process gone", Duration::from_secs(5), || {
+        (!pid_alive(pid)).then_some(())
+    });
+}
+
+#[test]
+fn unload_one_and_all() {
+    let mut config = simple_config(&["a", "b/c"], "", "");
+    config.push_str("groups:\n  pair:\n    swap: false\n    members: [a, b/c]\n");
+    let daemon = Daemon::start(&config);
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("a")).status,
+        200
+    );
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("b/c")).status,
+        200
+    );
+    let pid_b = daemon.pid_of("b/c").expect("b/c runs");
+    let reply = post_raw(&daemon.url("/api/models/unload/b/c"), "text/plain", b"");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(
+        !pid_alive(pid_b),
+        "unload answers only once the process is gone"
+    );
+    assert_eq!(
+        daemon.running_states(),
+        vec![("a".to_string(), "ready".to_string())]
+    );
+    let reply = post_raw(&daemon.url("/api/models/unload/nope"), "text/plain", b"");
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.json()["error"]["code"], "model_not_found");
+    let pid_a = daemon.pid_of("a").expect("a runs");
+    let reply = get(&daemon.url("/unload"));
+    assert_eq!(reply.status, 200);
+    assert!(!pid_alive(pid_a));
+    assert!(daemon.running_states().is_empty());
+}
+
+#[test]
+fn a_crashed_child_is_restarted_by_the_next_request() {
+    let start_port = free_port_range(1);
+    let config = format!(
+        "startPort: {start_port}\nmodels:\n  a:\n    cmd: {{FAKE}} --port ${{PORT}} --model a --exit-after-ms 400 --pid-file {{DIR}}/a.pid\n"
+    );
+    let daemon = Daemon::start(&config);
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("a")).status,
+        200
+    );
+    let first = daemon.pid_of("a").expect("a runs");
+    wait_for("crash noticed", Duration::from_secs(10), || {
+        daemon.running_states().is_empty().then_some(())
+    });
+    let reply = post_json(&daemon.url("/v1/chat/completions"), &chat("a"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let second = reply.json()["pid"].as_u64().expect("pid") as u32;
+    assert_ne!(first, second);
+}
+
+#[test]
+fn a_child_that_fails_to_start_gives_a_clear_error_then_retries() {
+    let start_port = free_port_range(1);
+    let config = format!(
+        "startPort: {start_port}\nmodels:\n  broken:\n    cmd: {{FAKE}} --port ${{PORT}} --exit-immediately 7 --pid-file {{DIR}}/b.pid\n"
+    );
+    let daemon = Daemon::start(&config);
+    let started = Instant::now();
+    let reply = post_json(&daemon.url("/v1/chat/completions"), &chat("broken"));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "failure must be reported at once"
+    );
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    let message = reply.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(message.contains("broken"), "{message}");
+    assert!(message.contains("exit code 7"), "{message}");
+    assert!(
+        message.contains("simulated failure"),
+        "the last log lines: {message}"
+    );
+    // The next request retries (and fails the same way, proving it was not stuck).
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("broken")).status,
+        503
+    );
+}
+
+#[test]
+fn health_check_timeout_fails_waiters() {
+    let start_port = free_port_range(1);
+    let config = format!(
+        "startPort: {start_port}\nhealthCheckTimeout: 15\nmodels:\n  slow:\n    cmd: {{FAKE}} --port ${{PORT}} --startup-delay-ms 600000 --pid-file {{DIR}}/s.pid\n"
+    );
+    let daemon = Daemon::start(&config);
+    let started = Instant::now();
+    let reply = post_json(&daemon.url("/v1/chat/completions"), &chat("slow"));
+    let waited = started.elapsed();
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert!(
+        waited >= Duration::from_secs(14) && waited < Duration::from_secs(25),
+        "{waited:?}"
+    );
+    assert!(reply.body.contains("health check"), "{}", reply.body);
+    wait_for("child stopped", Duration::from_secs(10), || {
+        daemon.children().is_empty().then_some(())
+    });
+}
+
+#[test]
+fn a_child_ignoring_sigterm_is_killed_after_the_grace() {
+    let daemon = Daemon::start(
+        &simple_config(&["a"], "    unloadTimeout: 1\n", "")
+            .replace("--model a", "--model a --ignore-sigterm"),
+    );
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("a")).status,
+        200
+    );
+    let pid = daemon.pid_of("a").expect("a runs");
+    let started = Instant::now();
+    assert_eq!(get(&daemon.url("/unload")).status, 200);
+    let took = started.elapsed();
+    assert!(!pid_alive(pid));
+    assert!(
+        took >= Duration::from_millis(900),
+        "SIGKILL came before the grace: {took:?}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[test]
+fn cmd_stop_is_used_with_the_pid() {
+    let config = simple_config(
+        &["a"],
+        "    cmdStop: sh -c 'echo stopped-${PID} > {DIR}/stopped; kill ${PID}'\n",
+        "",
+    );
+    let daemon = Daemon::start(&config);
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("a")).status,
+        200
+    );
+    let pid = daemon.pid_of("a").expect("a runs");
+    assert_eq!(get(&daemon.url("/unload")).status, 200);
+    let marker = std::fs::read_to_string(daemon.dir.path().join("stopped")).expect("cmdStop ran");
+    assert_eq!(marker.trim(), format!("stopped-{pid}"));
+    assert!(!pid_alive(pid));
+}
+
+#[test]
+fn preload_starts_models_at_startup() {
+    let mut config = simple_config(&["a", "b"], "", "");
+    config.push_str("hooks:\n  on_startup:\n    preload: [b]\n");
+    let daemon = Daemon::start(&config);
+    daemon.wait_running(&["b"]);
+}
+
+#[test]
+fn sigterm_stops_every_child_and_exits_zero() {
+    let mut config = simple_config(&["a", "b"], "", "");
+    config.push_str("groups:\n  pair:\n    swap: false\n    members: [a, b]\n");
+    let mut daemon = Daemon::start(&config.replace("--model b", "--model b --fork-grandchild"));
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("a")).status,
+        200
+    );
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("b")).status,
+        200
+    );
+    let children = daemon.children();
+    assert!(children.len() >= 2, "{children:?}");
+    assert_eq!(daemon.terminate(), Some(0));
+    wait_for("children gone", Duration::from_secs(5), || {
+        children.iter().all(|&pid| !pid_alive(pid)).then_some(())
+    });
+}
+
+#[test]
+fn sigkill_of_swapd_takes_the_children_down() {
+    let mut daemon = Daemon::start(&simple_config(&["a"], "", ""));
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("a")).status,
+        200
+    );
+    let pid = daemon.pid_of("a").expect("a runs");
+    kill(daemon.pid(), libc::SIGKILL);
+    let _ = daemon.child.wait();
+    wait_for(
+        "child gone after SIGKILL of swapd",
+        Duration::from_secs(5),
+        || (!pid_alive(pid)).then_some(()),
+    );
+}
+
+#[test]
+fn requests_for_a_starting_model_share_one_start() {
+    let daemon = Daemon::start(
+        &simple_config(&["a"], "", "").replace("--model a", "--model a --startup-delay-ms 300"),
+    );
+    let mut threads = Vec::new();
+    for _ in 0..4 {
+        let url = daemon.url("/v1/chat/completions");
+        threads.push(std::thread::spawn(move || post_json(&url, &chat("a"))));
+    }
+    let pids: Vec<u64> = threads
+        .into_iter()
+        .map(|t| {
+            t.join().expect("client").json()["pid"]
+                .as_u64()
+                .expect("pid")
+        })
+        .collect();
+    assert!(
+        pids.iter().all(|&p| p == pids[0]),
+        "one start serves all: {pids:?}"
+    );
+}
+
+#[test]
+fn running_lists_state_and_details() {
+    let daemon = Daemon::start(&simple_config(
+        &["a"],
+        "    name: Model A\n    description: first\n    ttl: 300\n",
+        "",
+    ));
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("a")).status,
+        200
+    );
+    let running = daemon.running();
+    let entry = &running["running"][0];
+    assert_eq!(entry["model"], "a");
+    assert_eq!(entry["state"], "ready");
+    assert_eq!(entry["name"], "Model A");
+    assert_eq!(entry["description"], "first");
+    assert_eq!(entry["ttl"], 300);
+    assert!(entry["cmd"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("fake-upstream"));
+    assert!(entry["proxy"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("http://"));
+    let _ = std::io::stdout().flush();
+}
