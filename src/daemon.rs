@@ -155,7 +155,7 @@ pub fn run(options: Options) -> Result<(), String> {
     }
     raise_open_file_limit();
 
-    let listener = proxy::bind(&options.listen, &config.limits)
+    let listener = proxy::bind(&options.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", options.listen))?;
     let local_addr = listener
         .local_addr()
@@ -176,6 +176,7 @@ pub fn run(options: Options) -> Result<(), String> {
         logs.clone(),
         local_addr,
     ));
+    app.guard.start(local_addr, config.limits.header_timeout);
     proxy::serve(app.clone(), server.clone());
     if !local_addr.ip().is_loopback() {
         log::warn!("listening on {local_addr}, which is reachable from other hosts; set apiKeys");

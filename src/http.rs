@@ -178,7 +178,7 @@ pub fn error_type_and_code(status: u16) -> (&'static str, &'static str) {
         502 => ("server_error", "bad_gateway"),
         503 => ("server_error", "service_unavailable"),
         504 => ("server_error", "gateway_timeout"),
-        400..=499 => ("invalid_request_error", "invalid_request"),
+        other if (400..500).contains(&other) => ("invalid_request_error", "invalid_request"),
         _ => ("server_error", "internal_error"),
     }
 }
@@ -236,10 +236,10 @@ pub fn send_text(request: tiny_http::Request, status: u16, text: &str) {
 
 /// Finds the file descriptor of the accepted socket whose local and peer addresses match.
 ///
-/// tiny_http does not expose a request's socket, but swapd needs it in two rare situations:
-/// to notice that a client waiting for a model start has gone away, and to cut a connection
-/// whose streamed body must end with an error. Scanning our own descriptors is cheap enough
-/// for those paths and never used per request.
+/// tiny_http does not expose a request's socket, but swapd needs it in rare situations: to
+/// notice that a client waiting for a model start has gone away, and to cut a connection whose
+/// streamed body must end with an error. Scanning our own descriptors is cheap enough for those
+/// paths and never used per request.
 pub fn find_connection_fd(local: SocketAddr, peer: SocketAddr) -> Option<RawFd> {
     let entries = std::fs::read_dir("/proc/self/fd").ok()?;
     for entry in entries.flatten() {
@@ -259,11 +259,16 @@ pub fn find_connection_fd(local: SocketAddr, peer: SocketAddr) -> Option<RawFd> 
 
 /// Whether `fd` is (still) the TCP socket between `local` and `peer`.
 pub fn socket_matches(fd: RawFd, local: SocketAddr, peer: SocketAddr) -> bool {
-    socket_address(fd, libc::getpeername) == Some(peer)
-        && socket_address(fd, libc::getsockname).is_some_and(|address| {
-            address.port() == local.port()
-                && (local.ip().is_unspecified() || address.ip() == local.ip())
-        })
+    peer_of(fd, local) == Some(peer)
+}
+
+/// The peer of `fd` if it is a connected socket accepted on `local`'s port.
+pub fn peer_of(fd: RawFd, local: SocketAddr) -> Option<SocketAddr> {
+    let own = socket_address(fd, libc::getsockname)?;
+    if own.port() != local.port() || !(local.ip().is_unspecified() || own.ip() == local.ip()) {
+        return None;
+    }
+    socket_address(fd, libc::getpeername)
 }
 
 type AddressQuery =
@@ -300,34 +305,28 @@ fn socket_address(fd: RawFd, query: AddressQuery) -> Option<SocketAddr> {
     }
 }
 
-/// Whether the peer of a connected socket has closed its side (or the socket is broken).
-/// Looks without consuming: tiny_http's connection thread may read the same socket.
-pub fn peer_has_closed(fd: RawFd) -> bool {
-    let mut poll = libc::pollfd {
-        fd,
-        events: libc::POLLIN | libc::POLLRDHUP,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, zero timeout; poll does not retain the pointer.
-    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
-    if ready <= 0 {
-        return false;
-    }
-    if poll.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
-        return true;
-    }
-    // Readable: either pipelined data (still alive) or end of stream.
-    let mut byte = 0u8;
-    // SAFETY: reads at most one byte into a local, with MSG_PEEK so nothing is consumed.
-    let peeked = unsafe {
-        libc::recv(
+/// The kernel's TCP_INFO for a socket.
+pub fn tcp_info(fd: RawFd) -> Option<libc::tcp_info> {
+    // SAFETY: getsockopt writes at most `length` bytes into a zeroed tcp_info.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut length = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let result = libc::getsockopt(
             fd,
-            &mut byte as *mut u8 as *mut libc::c_void,
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    peeked == 0
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut _ as *mut libc::c_void,
+            &mut length,
+        );
+        (result == 0).then_some(info)
+    }
+}
+
+/// Whether the peer of a connected socket has closed or reset its side. Reads the TCP state
+/// rather than the socket, so it is not fooled by tiny_http shutting down its own read side.
+pub fn peer_has_closed(fd: RawFd) -> bool {
+    const TCP_ESTABLISHED: u8 = 1;
+    tcp_info(fd).is_none_or(|info| info.tcpi_state != TCP_ESTABLISHED)
 }
 
 /// Shuts a connection down in both directions so the client sees the stream end at once,

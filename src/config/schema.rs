@@ -122,7 +122,7 @@ pub(crate) fn suggest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
     for candidate in known {
         let distance = edit_distance(&lowered, &candidate.to_lowercase());
         let limit = (candidate.chars().count() / 3).max(2);
-        if distance <= limit && !best.is_some_and(|(best_distance, _)| distance >= best_distance) {
+        if distance <= limit && best.is_none_or(|(best_distance, _)| distance < best_distance) {
             best = Some((distance, candidate));
         }
     }

@@ -767,7 +767,7 @@ fn build_model(
             let host = trimmed
                 .strip_prefix("http://")
                 .or_else(|| trimmed.strip_prefix("https://"));
-            if !host.is_some_and(|host| !host.is_empty()) {
+            if host.is_none_or(|host| host.is_empty()) {
                 return Err(reporter.error(
                     &fields.path("proxy"),
                     format!("expected an http:// or https:// URL, found '{text}'"),

@@ -6,6 +6,7 @@
 
 pub mod extract;
 pub mod forward;
+pub mod guard;
 mod routes;
 
 use std::io::Read;
@@ -28,6 +29,7 @@ pub struct App {
     pub agent: ureq::Agent,
     pub local_addr: SocketAddr,
     pub started_at: Instant,
+    pub guard: Arc<guard::ConnectionGuard>,
     active: AtomicUsize,
     shutting_down: AtomicBool,
 }
@@ -47,6 +49,7 @@ impl App {
             agent,
             local_addr,
             started_at: Instant::now(),
+            guard: Arc::new(guard::ConnectionGuard::new()),
             active: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
         }
@@ -130,27 +133,16 @@ impl ClientSocket {
     }
 }
 
-/// Binds the listening socket with the options every accepted connection inherits on Linux:
-/// a receive timeout (idle and slow clients) and no Nagle delay.
-pub fn bind(address: &str, limits: &Limits) -> std::io::Result<TcpListener> {
+/// Binds the listening socket with no Nagle delay, which every accepted connection inherits
+/// on Linux. Idle and slow clients are handled by [`guard::ConnectionGuard`], not by a socket
+/// read timeout (see there why).
+pub fn bind(address: &str) -> std::io::Result<TcpListener> {
     let listener = TcpListener::bind(address)?;
-    let fd = listener.as_raw_fd();
-    let timeout = libc::timeval {
-        tv_sec: limits.header_timeout.as_secs() as libc::time_t,
-        tv_usec: limits.header_timeout.subsec_micros() as libc::suseconds_t,
-    };
     let one: libc::c_int = 1;
-    // SAFETY: setsockopt on a socket we own with correctly sized option values.
+    // SAFETY: setsockopt on a socket we own with a correctly sized option value.
     unsafe {
         libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &timeout as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        );
-        libc::setsockopt(
-            fd,
+            listener.as_raw_fd(),
             libc::IPPROTO_TCP,
             libc::TCP_NODELAY,
             &one as *const _ as *const libc::c_void,
@@ -211,6 +203,7 @@ fn worker(app: Arc<App>, server: Arc<tiny_http::Server>, idle: Arc<AtomicUsize>)
         if idle.fetch_sub(1, Ordering::SeqCst) == 1 {
             spawn_worker(app.clone(), server.clone(), idle.clone());
         }
+        let marked = app.guard.begin(request.remote_addr().copied());
         let active = app.active.fetch_add(1, Ordering::SeqCst) + 1;
         let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             routes::handle(&app, request, active)
@@ -220,6 +213,7 @@ fn worker(app: Arc<App>, server: Arc<tiny_http::Server>, idle: Arc<AtomicUsize>)
             log::error!("a request handler panicked; the request got a 500");
         }
         app.active.fetch_sub(1, Ordering::SeqCst);
+        drop(marked);
         idle.fetch_add(1, Ordering::SeqCst);
     }
 }
@@ -233,6 +227,7 @@ pub fn stop_accepting(
     deadline: Instant,
 ) {
     app.shutting_down.store(true, Ordering::SeqCst);
+    app.guard.stop();
     // SAFETY: shutting down the read side of our listening socket makes accept() fail, which
     // ends tiny_http's accept thread; the descriptor itself stays valid.
     unsafe {

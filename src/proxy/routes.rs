@@ -647,14 +647,14 @@ fn log_stream(app: &App, request: tiny_http::Request, path: &str, query: &str) {
         .unwrap_or("")
         .trim_start_matches('/');
     let id = extract::percent_decode(id);
-    let buffer =
-        match id.as_str() {
-            "" => app.logs.mux.clone(),
-            "proxy" => app.logs.proxy.clone(),
-            "upstream" => app.logs.upstream.clone(),
-            name => match app.config().resolve_model(name) {
-                Some(model_id) => app.logs.model(model_id),
-                None => return http::send_error(
+    let buffer = match id.as_str() {
+        "" => app.logs.mux.clone(),
+        "proxy" => app.logs.proxy.clone(),
+        "upstream" => app.logs.upstream.clone(),
+        name => match app.config().resolve_model(name) {
+            Some(model_id) => app.logs.model(model_id),
+            None => {
+                return http::send_error(
                     request,
                     400,
                     &format!(
@@ -662,9 +662,10 @@ fn log_stream(app: &App, request: tiny_http::Request, path: &str, query: &str) {
                     ),
                     None,
                     &[],
-                ),
-            },
-        };
+                )
+            }
+        },
+    };
     let no_history = query
         .split('&')
         .any(|pair| pair.split('=').next() == Some("no-history"));

@@ -14,11 +14,14 @@ use std::thread;
 
 use crate::logbuf::LogBuffer;
 
+/// A second destination for child output (the combined upstream log).
+pub type AlsoWrite = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
 /// Where a child's output goes: its model's buffer and, through `also`, the combined log.
 #[derive(Clone)]
 pub struct OutputSink {
     pub model_log: Arc<LogBuffer>,
-    pub also: Arc<dyn Fn(&[u8]) + Send + Sync>,
+    pub also: AlsoWrite,
 }
 
 /// Spawns `argv` with the inherited environment plus `env`, in a new process group, with
