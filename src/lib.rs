@@ -8,5 +8,6 @@ pub mod daemon;
 pub mod http;
 pub mod logbuf;
 pub mod logs;
+pub mod metrics;
 pub mod proxy;
 pub mod supervisor;

@@ -1,0 +1,2 @@
+//! End-to-end proxy benchmark (being written).
+fn main() {}
