@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{self, Config, LogLevel};
 use crate::logs::{Logs, ProxyLogger};
+use crate::metrics::Metrics;
 use crate::proxy::{self, App};
 use crate::supervisor::Supervisor;
 
@@ -169,11 +170,14 @@ pub fn run(options: Options) -> Result<(), String> {
             .map_err(|e| format!("cannot start the HTTP server: {e}"))?,
     );
 
-    let (supervisor, supervisor_thread) = Supervisor::start(config.clone(), logs.clone());
+    let metrics = Arc::new(Metrics::new(config.metrics_max_in_memory));
+    let (supervisor, supervisor_thread) =
+        Supervisor::start(config.clone(), logs.clone(), metrics.clone());
     let app = Arc::new(App::new(
         config.clone(),
         supervisor.clone(),
         logs.clone(),
+        metrics,
         local_addr,
     ));
     app.guard.start(local_addr, config.limits.header_timeout);

@@ -115,7 +115,9 @@ pub fn from_json(body: &[u8]) -> Result<Requested, ExtractError> {
     }
     // serde would also accept a JSON array for a struct; a request body must be an object.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(ExtractError::InvalidJson("expected a JSON object".to_string()));
+        return Err(ExtractError::InvalidJson(
+            "expected a JSON object".to_string(),
+        ));
     }
     let peek: Peek =
         serde_json::from_slice(body).map_err(|e| ExtractError::InvalidJson(e.to_string()))?;

@@ -49,6 +49,20 @@ pub fn is_hop_by_hop(name: &str) -> bool {
 pub struct Outcome {
     pub status: u16,
     pub bytes: u64,
+    pub usage: crate::metrics::TokenUsage,
+    /// For streamed (SSE) responses: from sending upstream to the first body byte.
+    pub time_to_first_token: Option<std::time::Duration>,
+}
+
+impl Outcome {
+    fn failed(status: u16, bytes: u64) -> Outcome {
+        Outcome {
+            status,
+            bytes,
+            usage: Default::default(),
+            time_to_first_token: None,
+        }
+    }
 }
 
 /// Where the response goes: a fresh client request, or a stream already started (the
@@ -67,6 +81,7 @@ pub fn forward(
     outgoing: &Outgoing,
 ) -> Outcome {
     let url = format!("{}{}", lease.upstream(), outgoing.path_and_query);
+    let sent_at = Instant::now();
     let mut response = None;
     let mut last_error = None;
     for _attempt in 0..2 {
@@ -114,7 +129,7 @@ pub fn forward(
                 let _ = writer.finish();
             }
         }
-        return Outcome { status, bytes: 0 };
+        return Outcome::failed(status, 0);
     };
 
     let status = response.status().as_u16();
@@ -141,12 +156,17 @@ pub fn forward(
             }
             match ResponseWriter::start(request, status, &headers, content_length) {
                 Ok(writer) => writer,
-                Err(_) => return Outcome { status, bytes: 0 },
+                Err(_) => return Outcome::failed(status, 0),
             }
         }
         Destination::Started(writer) => writer,
     };
 
+    // Token usage is read from what passes through, piece by piece; compressed bodies are
+    // passed on untouched and not scanned.
+    let compressed = response.headers().contains_key("content-encoding");
+    let mut scanner = (!compressed).then(|| crate::metrics::UsageScanner::new(is_sse));
+    let mut time_to_first_token = None;
     let mut reader = response.into_body().into_reader();
     let mut buffer = vec![0u8; 16 * 1024];
     let mut bytes = 0u64;
@@ -158,7 +178,13 @@ pub fn forward(
                 break;
             }
             Ok(read) => {
+                if bytes == 0 && is_sse {
+                    time_to_first_token = Some(sent_at.elapsed());
+                }
                 bytes += read as u64;
+                if let Some(scanner) = scanner.as_mut() {
+                    scanner.feed(&buffer[..read]);
+                }
                 if writer.write_chunk(&buffer[..read]).is_err() {
                     // The client went away: dropping the reader closes the upstream
                     // connection, and returning drops the lease.
@@ -178,11 +204,16 @@ pub fn forward(
                 }
                 drop(writer);
                 client.cut();
-                return Outcome { status: 502, bytes };
+                return Outcome::failed(502, bytes);
             }
         }
     }
-    Outcome { status, bytes }
+    Outcome {
+        status,
+        bytes,
+        usage: scanner.map(|s| s.finish()).unwrap_or_default(),
+        time_to_first_token,
+    }
 }
 
 fn send(

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, Limits};
 use crate::logs::Logs;
+use crate::metrics::Metrics;
 use crate::supervisor::Supervisor;
 
 /// Everything a handler needs, shared by all handler threads.
@@ -26,6 +27,7 @@ pub struct App {
     config: RwLock<Arc<Config>>,
     pub supervisor: Supervisor,
     pub logs: Arc<Logs>,
+    pub metrics: Arc<Metrics>,
     pub agent: ureq::Agent,
     pub local_addr: SocketAddr,
     pub started_at: Instant,
@@ -39,6 +41,7 @@ impl App {
         config: Arc<Config>,
         supervisor: Supervisor,
         logs: Arc<Logs>,
+        metrics: Arc<Metrics>,
         local_addr: SocketAddr,
     ) -> App {
         let agent = upstream_agent(&config.limits);
@@ -46,6 +49,7 @@ impl App {
             config: RwLock::new(config),
             supervisor,
             logs,
+            metrics,
             agent,
             local_addr,
             started_at: Instant::now(),

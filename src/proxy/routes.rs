@@ -76,6 +76,17 @@ pub fn handle(app: &App, request: tiny_http::Request, active: usize) {
             app.supervisor.unload(None);
             http::send_json(request, 200, &json!({"msg": "ok"}))
         }
+        ("GET", "/metrics") => {
+            let text = app.metrics.render(&gauges(app));
+            let _ = ResponseWriter::send_whole(
+                request,
+                200,
+                &[("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
+                text.as_bytes(),
+            );
+        }
+        ("GET", "/api/metrics") => http::send_json(request, 200, &app.metrics.rows_json()),
+        ("GET", "/api/events") => events(app, request),
         ("GET", "/api/version") => http::send_json(
             request,
             200,
@@ -358,6 +369,15 @@ fn proxy_to(
                     outgoing.method,
                     outgoing.path_and_query
                 );
+                record(
+                    app,
+                    model_id,
+                    &outgoing,
+                    status,
+                    started,
+                    Default::default(),
+                    None,
+                );
                 return;
             }
             Some(Reply::Queued) => {
@@ -394,6 +414,15 @@ fn proxy_to(
     };
     let outcome = forward::forward(app, destination, &client, &lease, &outgoing);
     drop(lease);
+    record(
+        app,
+        model_id,
+        &outgoing,
+        outcome.status,
+        started,
+        outcome.usage,
+        outcome.time_to_first_token,
+    );
     log::info!(
         "{} {} model={model_id} {} {}B {:.1}ms",
         outgoing.method,
@@ -402,6 +431,32 @@ fn proxy_to(
         outcome.bytes,
         started.elapsed().as_secs_f64() * 1000.0
     );
+}
+
+/// Adds a finished request to the metrics.
+fn record(
+    app: &App,
+    model_id: &str,
+    outgoing: &Outgoing,
+    status: u16,
+    started: Instant,
+    usage: crate::metrics::TokenUsage,
+    time_to_first_token: Option<Duration>,
+) {
+    let path = outgoing
+        .path_and_query
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    app.metrics.record_request(crate::metrics::RequestRecord {
+        model: model_id.to_string(),
+        path,
+        status,
+        duration: started.elapsed(),
+        usage,
+        time_to_first_token,
+    });
 }
 
 fn acquire_error_status(
@@ -708,6 +763,121 @@ fn log_stream(app: &App, request: tiny_http::Request, path: &str, query: &str) {
                 let _ = writer.finish();
                 return;
             }
+        }
+    }
+}
+
+/// The gauges other parts of swapd own, for `/metrics`.
+fn gauges(app: &App) -> crate::metrics::Gauges {
+    crate::metrics::Gauges {
+        models: app
+            .supervisor
+            .snapshot()
+            .into_iter()
+            .map(|status| crate::metrics::ModelGauge {
+                model: status.model,
+                state: status.phase.as_str(),
+                inflight: status.inflight as u64,
+                queued: status.queued as u64,
+            })
+            .collect(),
+        log_dropped_bytes: app.logs.dropped_bytes_total(),
+        open_connections: app.guard.open_connections() as u64,
+    }
+}
+
+/// The model list in llama-swap's `modelStatus` shape.
+fn model_status(app: &App) -> Value {
+    let config = app.config();
+    let statuses = app.supervisor.snapshot();
+    let models: Vec<Value> = config
+        .models
+        .values()
+        .map(|model| {
+            let state = statuses
+                .iter()
+                .find(|s| s.model == model.id)
+                .map_or("stopped", |s| s.phase.as_str());
+            json!({
+                "id": model.id,
+                "name": model.name.clone().unwrap_or_default(),
+                "description": model.description.clone().unwrap_or_default(),
+                "state": state,
+                "unlisted": model.unlisted,
+                "aliases": model.aliases,
+            })
+        })
+        .collect();
+    Value::Array(models)
+}
+
+/// One llama-swap event frame: `event:message` with `{"type":T,"data":"<JSON string>"}`.
+fn event_frame(kind: &str, data: &Value) -> Vec<u8> {
+    // Written by hand to keep llama-swap's key order (serde_json sorts keys).
+    let kind = Value::String(kind.to_string());
+    let data = Value::String(data.to_string());
+    format!("event:message\ndata:{{\"type\":{kind},\"data\":{data}}}\n\n").into_bytes()
+}
+
+/// `GET /api/events`: model states, log data and new request rows as server-sent events, in
+/// llama-swap's message format so its clients can follow swapd.
+fn events(app: &App, request: tiny_http::Request) {
+    let client = client_of(app, &request);
+    let (proxy_history, proxy_logs) = app.logs.proxy.subscribe();
+    let (upstream_history, upstream_logs) = app.logs.upstream.subscribe();
+    let rows = app.metrics.subscribe_rows();
+    let Ok(mut writer) = ResponseWriter::start(
+        request,
+        200,
+        &[
+            ("Content-Type", "text/event-stream"),
+            ("Cache-Control", "no-cache"),
+            ("X-Accel-Buffering", "no"),
+        ],
+        None,
+    ) else {
+        return;
+    };
+    let log_event = |source: &str, bytes: &[u8]| {
+        event_frame(
+            "logData",
+            &json!({"source": source, "data": String::from_utf8_lossy(bytes)}),
+        )
+    };
+    let mut status = model_status(app);
+    let mut first = log_event("proxy", &proxy_history);
+    first.extend_from_slice(&log_event("upstream", &upstream_history));
+    first.extend_from_slice(&event_frame("modelStatus", &status));
+    if writer.write_chunk(&first).is_err() {
+        return;
+    }
+    let mut last_status_check = Instant::now();
+    loop {
+        let frame = crossbeam_channel::select! {
+            recv(proxy_logs.receiver()) -> chunk => chunk.ok().map(|c| log_event("proxy", &c)),
+            recv(upstream_logs.receiver()) -> chunk => chunk.ok().map(|c| log_event("upstream", &c)),
+            recv(rows) -> row => row.ok().map(|row| event_frame("activity", &row)),
+            default(Duration::from_millis(250)) => Some(Vec::new()),
+        };
+        let Some(mut frame) = frame else {
+            // A source closed: swapd is shutting down.
+            let _ = writer.finish();
+            return;
+        };
+        if last_status_check.elapsed() >= Duration::from_millis(250) {
+            last_status_check = Instant::now();
+            let now = model_status(app);
+            if now != status {
+                status = now;
+                frame.extend_from_slice(&event_frame("modelStatus", &status));
+            }
+            if client.is_gone() || app.is_shutting_down() {
+                let _ = writer.finish();
+                return;
+            }
+        }
+        if !frame.is_empty() && writer.write_chunk(&frame).is_err() {
+            return;
         }
     }
 }

@@ -22,6 +22,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::config::{Config, ModelConfig};
 use crate::logs::Logs;
+use crate::metrics::Metrics;
 
 /// Why a model could not be acquired. Each maps to one HTTP status (see `proxy::errors`).
 #[derive(Debug, Clone, PartialEq)]
@@ -209,9 +210,13 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Starts the supervisor thread.
-    pub fn start(config: Arc<Config>, logs: Arc<Logs>) -> (Supervisor, thread::JoinHandle<()>) {
+    pub fn start(
+        config: Arc<Config>,
+        logs: Arc<Logs>,
+        metrics: Arc<Metrics>,
+    ) -> (Supervisor, thread::JoinHandle<()>) {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let mut state = State::new(config, logs, tx.clone());
+        let mut state = State::new(config, logs, metrics, tx.clone());
         let handle = thread::Builder::new()
             .name("supervisor".to_string())
             .spawn(move || state.run(rx))
@@ -317,6 +322,7 @@ struct Slot {
     last_used: Instant,
     kill_at: Option<Instant>,
     stop_waiters: Vec<Sender<()>>,
+    spawned_at: Instant,
 }
 
 impl Slot {
@@ -332,6 +338,7 @@ impl Slot {
             last_used: Instant::now(),
             kill_at: None,
             stop_waiters: Vec::new(),
+            spawned_at: Instant::now(),
         }
     }
 
@@ -344,6 +351,7 @@ impl Slot {
 struct State {
     config: Arc<Config>,
     logs: Arc<Logs>,
+    metrics: Arc<Metrics>,
     tx: Sender<Command>,
     slots: HashMap<String, Slot>,
     queue: VecDeque<Pending>,
@@ -357,7 +365,12 @@ struct State {
 const START_FAILURE_GRACE: Duration = Duration::from_secs(5);
 
 impl State {
-    fn new(config: Arc<Config>, logs: Arc<Logs>, tx: Sender<Command>) -> State {
+    fn new(
+        config: Arc<Config>,
+        logs: Arc<Logs>,
+        metrics: Arc<Metrics>,
+        tx: Sender<Command>,
+    ) -> State {
         let slots = config
             .models
             .iter()
@@ -366,6 +379,7 @@ impl State {
         State {
             config,
             logs,
+            metrics,
             tx,
             slots,
             queue: VecDeque::new(),
@@ -578,6 +592,7 @@ impl State {
                         }
                     } else {
                         if evict.iter().all(|id| self.slots[id].idle()) {
+                            self.metrics.record_swap();
                             for id in &evict {
                                 log::info!("swapping: stopping {id} to load {model}");
                                 let grace = self.config.health_check_timeout;
@@ -623,6 +638,7 @@ impl State {
             }
         };
         slot.phase = Phase::Starting;
+        slot.spawned_at = Instant::now();
         slot.generation = generation;
         slot.pid = Some(pid);
         slot.kill_at = None;
@@ -630,6 +646,8 @@ impl State {
             None => {
                 slot.phase = Phase::Ready;
                 slot.last_used = Instant::now();
+                self.metrics
+                    .record_start(model, true, slot.spawned_at.elapsed());
                 self.wake_waiters(model);
             }
             Some(endpoint) => {
@@ -658,7 +676,12 @@ impl State {
         slot.phase = Phase::Ready;
         slot.probe_cancel = None;
         slot.last_used = Instant::now();
-        log::info!("{model} is ready");
+        let took = slot.spawned_at.elapsed();
+        self.metrics.record_start(model, true, took);
+        log::info!(
+            "{model} is ready ({:.0} ms after spawn)",
+            took.as_secs_f64() * 1000.0
+        );
         self.wake_waiters(model);
     }
 
@@ -687,6 +710,8 @@ impl State {
         }
         let message = self.start_failure_message(model, &reason);
         log::error!("{message}");
+        self.metrics
+            .record_start(model, false, slot.spawned_at.elapsed());
         self.fail_waiters(model, AcquireError::StartFailed(message));
         self.begin_stop(model, StopReason::StartFailed, START_FAILURE_GRACE);
     }
@@ -721,11 +746,15 @@ impl State {
             cancel.store(true, Ordering::Relaxed);
         }
         let previous = slot.phase;
+        let spawned_at = slot.spawned_at;
         slot.phase = Phase::Stopped;
         slot.kill_at = None;
         slot.stop_waiters.clear();
+        self.metrics.record_child_exit(model);
         match previous {
             Phase::Starting => {
+                self.metrics
+                    .record_start(model, false, spawned_at.elapsed());
                 let message = self.start_failure_message(
                     model,
                     &format!("process exited during start with {described}"),
@@ -734,6 +763,7 @@ impl State {
                 self.fail_waiters(model, AcquireError::StartFailed(message));
             }
             Phase::Ready => {
+                self.metrics.record_eviction("crash");
                 log::warn!("{model}: upstream process exited unexpectedly with {described}");
             }
             Phase::Stopping | Phase::Stopped => {
@@ -787,6 +817,12 @@ impl State {
             return;
         };
         log::info!("stopping {model} (pid {pid}, reason {reason:?})");
+        match reason {
+            StopReason::Swap => self.metrics.record_eviction("swap"),
+            StopReason::Ttl => self.metrics.record_eviction("ttl"),
+            StopReason::Unload => self.metrics.record_eviction("unload"),
+            StopReason::StartFailed | StopReason::Shutdown => {}
+        }
         slot.phase = Phase::Stopping;
         slot.kill_at = Some(Instant::now() + grace);
         let waiters_error = match reason {

@@ -1,5 +1,7 @@
 //! Integration tests: the real swapd binary with real fake-upstream children.
 
 mod common;
+mod logs;
+mod observability;
 mod proxy;
 mod supervisor;
