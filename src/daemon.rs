@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::config::{self, Config, LogLevel};
+use crate::config::{self, LogLevel};
 use crate::logs::{Logs, ProxyLogger};
 use crate::metrics::Metrics;
 use crate::proxy::{self, App};
+use crate::reload::{self, ReloadRequest};
 use crate::supervisor::Supervisor;
 
 /// What the command line asked for.
@@ -173,12 +174,14 @@ pub fn run(options: Options) -> Result<(), String> {
     let metrics = Arc::new(Metrics::new(config.metrics_max_in_memory));
     let (supervisor, supervisor_thread) =
         Supervisor::start(config.clone(), logs.clone(), metrics.clone());
+    let (reload_tx, reload_rx) = crossbeam_channel::unbounded();
     let app = Arc::new(App::new(
         config.clone(),
         supervisor.clone(),
         logs.clone(),
         metrics,
         local_addr,
+        reload_tx.clone(),
     ));
     app.guard.start(local_addr, config.limits.header_timeout);
     proxy::serve(app.clone(), server.clone());
@@ -192,27 +195,38 @@ pub fn run(options: Options) -> Result<(), String> {
     // Tests and scripts read this line to learn the port when listening on port 0.
     eprintln!("swapd: listening on http://{local_addr}");
 
-    preload(&supervisor, &config);
+    preload(&supervisor, config.preload.clone());
+    let config_path = std::path::PathBuf::from(&options.config);
     if options.watch_config {
-        log::warn!(
-            "--watch-config: live reload is not implemented yet; restart swapd to apply changes"
+        reload::watch(
+            config_path.clone(),
+            Duration::from_secs(2),
+            reload_tx.clone(),
         );
     }
 
+    // The main thread serves reloads one at a time until SIGTERM or SIGINT.
     loop {
-        match signals.recv() {
-            Ok(libc::SIGHUP) => {
-                log::warn!(
-                    "SIGHUP: live reload is not implemented yet; restart swapd to apply changes"
-                );
+        crossbeam_channel::select! {
+            recv(signals) -> signal => match signal {
+                Ok(libc::SIGHUP) => {
+                    log::info!("SIGHUP: reloading {}", config_path.display());
+                    reload::serve(&config_path, &app, ReloadRequest { reply: None }, &reload_rx);
+                }
+                Ok(signal) => {
+                    log::info!("received signal {signal}; shutting down");
+                    break;
+                }
+                Err(_) => break,
+            },
+            recv(reload_rx) -> request => {
+                if let Ok(request) = request {
+                    reload::serve(&config_path, &app, request, &reload_rx);
+                }
             }
-            Ok(signal) => {
-                log::info!("received signal {signal}; shutting down");
-                break;
-            }
-            Err(_) => break,
         }
     }
+    let config = app.config();
 
     let budget = config.limits.shutdown_timeout;
     let deadline = Instant::now() + budget;
@@ -229,12 +243,11 @@ pub fn run(options: Options) -> Result<(), String> {
 }
 
 /// Loads `hooks.on_startup.preload` models one after another, in the background.
-fn preload(supervisor: &Supervisor, config: &Config) {
-    if config.preload.is_empty() {
+pub fn preload(supervisor: &Supervisor, models: Vec<String>) {
+    if models.is_empty() {
         return;
     }
     let supervisor = supervisor.clone();
-    let models = config.preload.clone();
     let spawned = thread::Builder::new()
         .name("preload".to_string())
         .spawn(move || {

@@ -10,4 +10,5 @@ pub mod logbuf;
 pub mod logs;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod supervisor;

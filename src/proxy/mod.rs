@@ -32,6 +32,8 @@ pub struct App {
     pub local_addr: SocketAddr,
     pub started_at: Instant,
     pub guard: Arc<guard::ConnectionGuard>,
+    /// Where reload requests go (served one at a time by the daemon's main thread).
+    pub reloads: crossbeam_channel::Sender<crate::reload::ReloadRequest>,
     active: AtomicUsize,
     shutting_down: AtomicBool,
 }
@@ -43,6 +45,7 @@ impl App {
         logs: Arc<Logs>,
         metrics: Arc<Metrics>,
         local_addr: SocketAddr,
+        reloads: crossbeam_channel::Sender<crate::reload::ReloadRequest>,
     ) -> App {
         let agent = upstream_agent(&config.limits);
         App {
@@ -54,6 +57,7 @@ impl App {
             local_addr,
             started_at: Instant::now(),
             guard: Arc::new(guard::ConnectionGuard::new()),
+            reloads,
             active: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
         }
@@ -65,6 +69,14 @@ impl App {
             .read()
             .expect("the config lock is never held across a panic")
             .clone()
+    }
+
+    /// Replaces the configuration handlers see (after a reload).
+    pub fn set_config(&self, config: Arc<Config>) {
+        *self
+            .config
+            .write()
+            .expect("the config lock is never held across a panic") = config;
     }
 
     pub fn limits(&self) -> Limits {

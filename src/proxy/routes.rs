@@ -85,6 +85,7 @@ pub fn handle(app: &App, request: tiny_http::Request, active: usize) {
                 text.as_bytes(),
             );
         }
+        ("POST", "/api/config/reload") => reload_config(app, request),
         ("GET", "/api/metrics") => http::send_json(request, 200, &app.metrics.rows_json()),
         ("GET", "/api/events") => events(app, request),
         ("GET", "/api/version") => http::send_json(
@@ -879,5 +880,38 @@ fn events(app: &App, request: tiny_http::Request) {
         if !frame.is_empty() && writer.write_chunk(&frame).is_err() {
             return;
         }
+    }
+}
+
+/// `POST /api/config/reload`: reloads now and answers what changed, or why the new file was
+/// rejected (the old config keeps serving).
+fn reload_config(app: &App, request: tiny_http::Request) {
+    let (reply, outcome) = crossbeam_channel::bounded(1);
+    let sent = app
+        .reloads
+        .send(crate::reload::ReloadRequest { reply: Some(reply) });
+    match sent
+        .ok()
+        .and_then(|_| outcome.recv_timeout(Duration::from_secs(60)).ok())
+    {
+        Some(Ok(summary)) => http::send_json(
+            request,
+            200,
+            &json!({
+                "msg": "ok",
+                "added": summary.added,
+                "removed": summary.removed,
+                "restarting": summary.changed,
+                "updated": summary.updated,
+            }),
+        ),
+        Some(Err(error)) => http::send_error(
+            request,
+            400,
+            &format!("config rejected, the old config keeps serving: {error}"),
+            Some("invalid_config"),
+            &[],
+        ),
+        None => http::send_error(request, 503, "the reload did not finish", None, &[]),
     }
 }

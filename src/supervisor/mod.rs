@@ -199,6 +199,22 @@ pub enum Command {
     Shutdown {
         done: Sender<()>,
     },
+    /// Apply a new configuration; the reply says what changed.
+    Reconfigure {
+        config: Arc<Config>,
+        reply: Sender<ReloadSummary>,
+    },
+}
+
+/// What a reload did to the models, by id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadSummary {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Start-relevant settings changed: restarted on next use (after in-flight requests).
+    pub changed: Vec<String>,
+    /// Only per-request settings changed: the running process keeps serving.
+    pub updated: Vec<String>,
 }
 
 /// The handle request handlers hold. Cloning is cheap; the loop ends on `shutdown`.
@@ -280,6 +296,20 @@ impl Supervisor {
         rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default()
     }
 
+    /// Applies a new configuration (see [`ReloadSummary`]); returns once the supervisor has
+    /// taken it over.
+    pub fn reconfigure(&self, config: Arc<Config>) -> ReloadSummary {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        if self
+            .tx
+            .send(Command::Reconfigure { config, reply })
+            .is_err()
+        {
+            return ReloadSummary::default();
+        }
+        rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default()
+    }
+
     /// Fails every waiting request, stops every child, and returns once all are reaped or
     /// `timeout` has passed.
     pub fn shutdown(&self, timeout: Duration) -> bool {
@@ -309,6 +339,7 @@ enum StopReason {
     Unload,
     StartFailed,
     Shutdown,
+    Reload,
 }
 
 struct Slot {
@@ -323,6 +354,11 @@ struct Slot {
     kill_at: Option<Instant>,
     stop_waiters: Vec<Sender<()>>,
     spawned_at: Instant,
+    /// A reload changed how this model starts: the new settings wait here until the running
+    /// process has drained and stopped.
+    pending_config: Option<Arc<ModelConfig>>,
+    /// A reload removed this model: it is stopped once drained, then forgotten.
+    removed: bool,
 }
 
 impl Slot {
@@ -339,12 +375,19 @@ impl Slot {
             kill_at: None,
             stop_waiters: Vec::new(),
             spawned_at: Instant::now(),
+            pending_config: None,
+            removed: false,
         }
     }
 
     /// Idle: running with nobody using or waiting for it, so it may be stopped for a swap.
     fn idle(&self) -> bool {
         self.phase == Phase::Ready && self.inflight == 0 && self.waiters.is_empty()
+    }
+
+    /// A reload replaced or removed this model: its process takes no new requests.
+    fn retiring(&self) -> bool {
+        self.pending_config.is_some() || self.removed
     }
 }
 
@@ -408,6 +451,7 @@ impl State {
                 self.handle(command);
             }
             self.on_timers(Instant::now());
+            self.retire_drained();
             self.pump();
             if self.shutting_down && self.slots.values().all(|s| s.phase == Phase::Stopped) {
                 self.shutdown_done.clear();
@@ -459,6 +503,10 @@ impl State {
                 statuses.sort_by(|a, b| a.model.cmp(&b.model));
                 let _ = reply.send(statuses);
             }
+            Command::Reconfigure { config, reply } => {
+                let summary = self.on_reconfigure(config);
+                let _ = reply.send(summary);
+            }
             Command::Shutdown { done } => {
                 if !self.shutting_down {
                     log::info!("supervisor: shutting down, stopping every model");
@@ -498,7 +546,7 @@ impl State {
             let _ = reply.send(Reply::Failed(AcquireError::ShuttingDown));
             return;
         }
-        let Some(slot) = self.slots.get(&model) else {
+        let Some(slot) = self.slots.get(&model).filter(|slot| !slot.removed) else {
             let _ = reply.send(Reply::Failed(AcquireError::UnknownModel(model)));
             return;
         };
@@ -511,7 +559,7 @@ impl State {
         }
         // Fast path: a ready model serves at once, even when an earlier queued request waits
         // to evict it (llama-swap's collation; the swap happens once it drains).
-        if slot.phase == Phase::Ready {
+        if slot.phase == Phase::Ready && !slot.retiring() {
             let lease = self.grant(&model);
             let _ = reply.send(Reply::Granted(lease));
             return;
@@ -545,6 +593,7 @@ impl State {
             let model = self.queue[index].model.clone();
             let phase = self.slots[&model].phase;
             match phase {
+                Phase::Ready if self.slots[&model].retiring() => index += 1,
                 Phase::Ready => {
                     let pending = self.queue.remove(index).expect("index is in bounds");
                     let lease = self.grant(&model);
@@ -773,6 +822,111 @@ impl State {
         if let Some(buffer) = self.logs.existing_model(model) {
             buffer.clear();
         }
+        self.became_stopped(model);
+    }
+
+    /// A model reached `Stopped`: apply a reload's pending settings or forget a removed model.
+    fn became_stopped(&mut self, model: &str) {
+        let Some(slot) = self.slots.get_mut(model) else {
+            return;
+        };
+        if let Some(config) = slot.pending_config.take() {
+            log::info!("{model}: new settings from the reload take effect");
+            slot.config = config;
+        }
+        if slot.removed {
+            self.fail_waiters(model, AcquireError::UnknownModel(model.to_string()));
+            self.slots.remove(model);
+            let (gone, kept): (Vec<Pending>, Vec<Pending>) =
+                self.queue.drain(..).partition(|p| p.model == model);
+            self.queue = kept.into();
+            for pending in gone {
+                let _ = pending
+                    .reply
+                    .send(Reply::Failed(AcquireError::UnknownModel(pending.model)));
+            }
+            log::info!("{model}: removed by the reload");
+        }
+    }
+
+    /// Stops retiring models (replaced or removed by a reload) once nothing uses them.
+    fn retire_drained(&mut self) {
+        let drained: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.retiring())
+            .filter(|(_, slot)| {
+                slot.phase == Phase::Stopped
+                    || (slot.phase == Phase::Ready && slot.inflight == 0 && slot.waiters.is_empty())
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in drained {
+            if self.slots[&id].phase == Phase::Stopped {
+                self.became_stopped(&id);
+            } else {
+                let grace = self.slots[&id].config.unload_timeout;
+                self.begin_stop(&id, StopReason::Reload, grace);
+            }
+        }
+    }
+
+    fn on_reconfigure(&mut self, config: Arc<Config>) -> ReloadSummary {
+        let mut summary = ReloadSummary::default();
+        for (id, slot) in self.slots.iter_mut() {
+            if !config.models.contains_key(id) {
+                slot.removed = true;
+                summary.removed.push(id.clone());
+            }
+        }
+        // Requests queued for a removed model cannot be served any more.
+        let mut index = 0;
+        while index < self.queue.len() {
+            let model = &self.queue[index].model;
+            if self.slots.get(model).is_none_or(|slot| slot.removed) {
+                let pending = self.queue.remove(index).expect("index is in bounds");
+                let _ = pending.reply.send(Reply::Failed(AcquireError::UnknownModel(
+                    pending.model.clone(),
+                )));
+            } else {
+                index += 1;
+            }
+        }
+        for (id, model) in &config.models {
+            let model = Arc::new(model.clone());
+            match self.slots.get_mut(id) {
+                None => {
+                    self.slots.insert(id.clone(), Slot::new(model));
+                    summary.added.push(id.clone());
+                }
+                Some(slot) => {
+                    slot.removed = false;
+                    if same_start(&slot.config, &model) {
+                        if *slot.config != *model {
+                            summary.updated.push(id.clone());
+                        }
+                        slot.config = model;
+                        slot.pending_config = None;
+                    } else if slot.phase == Phase::Stopped {
+                        slot.config = model;
+                        slot.pending_config = None;
+                        summary.changed.push(id.clone());
+                    } else {
+                        slot.pending_config = Some(model);
+                        summary.changed.push(id.clone());
+                    }
+                }
+            }
+        }
+        self.config = config;
+        log::info!(
+            "reload: added {:?}, removed {:?}, restarting {:?}, updated in place {:?}",
+            summary.added,
+            summary.removed,
+            summary.changed,
+            summary.updated
+        );
+        summary
     }
 
     fn on_unload(&mut self, model: Option<String>, done: Sender<()>) {
@@ -814,6 +968,7 @@ impl State {
         }
         let Some(pid) = slot.pid else {
             slot.phase = Phase::Stopped;
+            self.became_stopped(model);
             return;
         };
         log::info!("stopping {model} (pid {pid}, reason {reason:?})");
@@ -821,7 +976,7 @@ impl State {
             StopReason::Swap => self.metrics.record_eviction("swap"),
             StopReason::Ttl => self.metrics.record_eviction("ttl"),
             StopReason::Unload => self.metrics.record_eviction("unload"),
-            StopReason::StartFailed | StopReason::Shutdown => {}
+            StopReason::StartFailed | StopReason::Shutdown | StopReason::Reload => {}
         }
         slot.phase = Phase::Stopping;
         slot.kill_at = Some(Instant::now() + grace);
@@ -890,6 +1045,15 @@ impl State {
             .flatten()
             .min()
     }
+}
+
+/// Whether two settings start the same process (command, environment, address, health check),
+/// so a reload may keep the running one.
+fn same_start(old: &ModelConfig, new: &ModelConfig) -> bool {
+    old.cmd == new.cmd
+        && old.env == new.env
+        && old.proxy == new.proxy
+        && old.check_endpoint == new.check_endpoint
 }
 
 /// When an idle ready model's TTL runs out (none while it is busy or has no TTL).

@@ -4,4 +4,5 @@ mod common;
 mod logs;
 mod observability;
 mod proxy;
+mod reload;
 mod supervisor;

@@ -1,0 +1,125 @@
+//! Live configuration reload that only restarts what changed.
+//!
+//! Reloads come from SIGHUP, from the `--watch-config` poller and from
+//! `POST /api/config/reload`; all of them become [`ReloadRequest`]s on one channel served by the
+//! daemon's main thread, so reloads are serialised and a burst collapses into one reload of the
+//! final file. A config that fails to load is rejected whole and the old one keeps serving.
+//! The supervisor decides per model what to keep, update in place, restart or stop.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::config;
+use crate::proxy::App;
+use crate::supervisor::{Phase, ReloadSummary};
+
+/// A request to reload; `reply` (if any) receives the outcome.
+pub struct ReloadRequest {
+    pub reply: Option<Sender<Result<ReloadSummary, String>>>,
+}
+
+/// Reloads the file once for this request and every other one already waiting, answering all.
+pub fn serve(path: &Path, app: &App, first: ReloadRequest, pending: &Receiver<ReloadRequest>) {
+    let mut requests = vec![first];
+    requests.extend(pending.try_iter());
+    let outcome = reload(path, app);
+    match &outcome {
+        Ok(summary) => log::info!("config reloaded from {}: {summary:?}", path.display()),
+        Err(error) => log::error!("config reload rejected, the old config keeps serving: {error}"),
+    }
+    for request in requests {
+        if let Some(reply) = request.reply {
+            let _ = reply.send(outcome.clone());
+        }
+    }
+}
+
+fn reload(path: &Path, app: &App) -> Result<ReloadSummary, String> {
+    let loaded = config::load(path).map_err(|error| error.to_string())?;
+    for warning in &loaded.warnings {
+        log::warn!("config: {warning}");
+    }
+    let new = Arc::new(loaded.config);
+    let old = app.config();
+    if old.log_to_stdout != new.log_to_stdout || old.limits != new.limits {
+        log::warn!("reload: logToStdout and the swapd: limits take effect only after a restart");
+    }
+    // The supervisor first, so a model that just became routable is known to it.
+    let summary = app.supervisor.reconfigure(new.clone());
+    app.set_config(new.clone());
+    // Preload only what is not already running.
+    let running: Vec<String> = app
+        .supervisor
+        .snapshot()
+        .into_iter()
+        .filter(|status| status.phase != Phase::Stopped)
+        .map(|status| status.model)
+        .collect();
+    let to_load: Vec<String> = new
+        .preload
+        .iter()
+        .filter(|model| !running.contains(model))
+        .cloned()
+        .collect();
+    crate::daemon::preload(&app.supervisor, to_load);
+    Ok(summary)
+}
+
+/// What identifies one version of the file: it changes when the file is edited in place,
+/// replaced by an editor (new inode), or when a symlink is pointed elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    length: u64,
+    inode: u64,
+    link_target: Option<PathBuf>,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        modified: metadata.modified().ok(),
+        length: metadata.len(),
+        inode: metadata.ino(),
+        link_target: std::fs::read_link(path).ok(),
+    })
+}
+
+/// Polls the file every `interval` and asks for a reload when it changed and has been stable
+/// for one more short look (an editor may still be writing). A file that disappears is ignored
+/// until it comes back.
+pub fn watch(path: PathBuf, interval: Duration, requests: Sender<ReloadRequest>) {
+    let spawned = thread::Builder::new()
+        .name("config-watch".to_string())
+        .stack_size(128 * 1024)
+        .spawn(move || {
+            let mut last = stamp(&path);
+            loop {
+                thread::sleep(interval);
+                let Some(now) = stamp(&path) else {
+                    continue;
+                };
+                if Some(&now) == last.as_ref() {
+                    continue;
+                }
+                thread::sleep(Duration::from_millis(100));
+                let settled = stamp(&path);
+                if settled.as_ref() != Some(&now) {
+                    continue;
+                }
+                log::info!("{} changed; reloading", path.display());
+                last = settled;
+                if requests.send(ReloadRequest { reply: None }).is_err() {
+                    return;
+                }
+            }
+        });
+    if let Err(error) = spawned {
+        log::error!("cannot start the config watcher: {error}");
+    }
+}
