@@ -1,5 +1,6 @@
 //! Integration tests: the real swapd binary with real fake-upstream children.
 
+mod cli;
 mod common;
 mod logs;
 mod observability;
