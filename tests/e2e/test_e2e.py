@@ -400,6 +400,9 @@ class SwapdTestCase(unittest.TestCase):
     def setUp(self):
         self.swapd = Swapd()
         self.addCleanup(self.swapd.cleanup)
+        # cleanups run even when setUp fails (tearDown does not); LIFO, so this
+        # stops swapd before cleanup() removes the temp dir
+        self.addCleanup(self.swapd.terminate)
         self.swapd.start()
         self.client = self.swapd.client()
 
@@ -646,8 +649,49 @@ class TestShutdown(SwapdTestCase):
             self.assertFalse(alive(pid), pid)
 
 
+def signal_masks(pid: int) -> dict[str, int]:
+    masks = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("SigBlk", "SigIgn", "SigCgt"):
+                masks[key] = int(value.strip(), 16)
+    return masks
+
+
+class TestUpstreamSignals(SwapdTestCase):
+    def test_upstream_does_not_inherit_blocked_signals(self):
+        # A signal mask is inherited across fork and exec: if swapd spawns
+        # upstreams from a thread that blocks SIGTERM (e.g. for a signal-handling
+        # thread), llama-server never sees the SIGTERM and every stop or swap
+        # waits out the grace period before SIGKILL.
+        chat(self.client, "tiny-a", max_tokens=4)
+        (pid,) = self.swapd.model_pids("tiny-a")
+        masks = signal_masks(pid)
+        blocked = [s.name for s in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)
+                   if masks["SigBlk"] & (1 << (s - 1))]
+        ignored = [s.name for s in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)
+                   if masks["SigIgn"] & (1 << (s - 1))]
+        self.assertEqual(blocked, [], f"llama-server {pid} starts with these signals blocked "
+                                      f"(SigBlk={masks['SigBlk']:#x}): swapd must clear the "
+                                      f"signal mask for its children")
+        self.assertEqual(ignored, [], f"llama-server {pid} starts with these signals ignored "
+                                      f"(SigIgn={masks['SigIgn']:#x})")
+
+    def test_swap_stops_upstream_promptly(self):
+        # llama-server exits within milliseconds of SIGTERM, so a swap must not
+        # wait for a SIGKILL grace period.
+        chat(self.client, "tiny-a", max_tokens=4)
+        t = time.monotonic()
+        chat(self.client, "tiny-b", max_tokens=4)
+        elapsed = time.monotonic() - t
+        info(f"swap a->b took {1000 * elapsed:.0f} ms")
+        self.assertLess(elapsed, 5.0, "swap waited for the stop grace period: "
+                                      "does llama-server receive swapd's SIGTERM?")
+
+
 class TestTiming(SwapdTestCase):
-    """Informative: time to first token through swapd vs direct to llama-server."""
+    # Informative: time to first token through swapd vs direct to llama-server.
 
     def test_ttft_swapd_vs_direct(self):
         port = free_port()
