@@ -11,7 +11,7 @@
 #   LLAMA_SERVER     use this llama-server instead of building one
 #                    (SWAPD_LLAMA_SERVER is accepted as well)
 #   SWAPD_MODELS     where the models go (default: $SWAPD_CACHE/models)
-#   SWAPD_E2E_METRICS=1   also run the metrics tests
+#   SWAPD_E2E_METRICS=0   skip the metrics tests
 #   SWAPD_E2E_KEEP=1      keep each test's temp dir (config, swapd.log)
 # Exits non-zero when anything fails.
 set -euo pipefail

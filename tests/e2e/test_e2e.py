@@ -12,7 +12,7 @@ Environment:
     SWAPD_BIN            swapd binary (default: <repo>/target/release/swapd)
     SWAPD_LLAMA_SERVER   llama-server binary (required)
     SWAPD_MODELS         directory with tiny-a.gguf, tiny-b.gguf, tiny-embed.gguf (required)
-    SWAPD_E2E_METRICS    set to 1 to run the /api/metrics and /metrics tests
+    SWAPD_E2E_METRICS    set to 0 to skip the /api/metrics and /metrics tests
 
 Every test starts its own swapd (fresh state, its own temp dir, config and
 free ports) in its own session and stops it by pid in tearDown (SIGTERM, then
@@ -54,7 +54,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 SWAPD_BIN = os.environ.get("SWAPD_BIN") or os.path.join(REPO, "target", "release", "swapd")
 LLAMA_SERVER = os.environ.get("SWAPD_LLAMA_SERVER", "")
 MODELS_DIR = os.environ.get("SWAPD_MODELS", "")
-METRICS = bool(os.environ.get("SWAPD_E2E_METRICS"))
+METRICS = os.environ.get("SWAPD_E2E_METRICS", "1") != "0"
 
 MODEL_FILES = {"tiny-a": "tiny-a.gguf", "tiny-b": "tiny-b.gguf", "tiny-embed": "tiny-embed.gguf"}
 CHAT_MODELS = ("tiny-a", "tiny-b")
@@ -569,7 +569,7 @@ def usage_row_matches(row: dict, model: str, prompt: int, completion: int) -> bo
     return inp == prompt or inp + max(cached, 0) == prompt
 
 
-@unittest.skipUnless(METRICS, "set SWAPD_E2E_METRICS=1 to test swapd's metrics")
+@unittest.skipUnless(METRICS, "SWAPD_E2E_METRICS=0 skips swapd's metrics tests")
 class TestMetrics(SwapdTestCase):
     def test_api_metrics_has_usage(self):
         r = chat(self.client, "tiny-a", max_tokens=12, extra_body={"cache_prompt": False})
