@@ -39,7 +39,7 @@ test: test-unit test-e2e
 
 test-unit:
 	$(CARGO) build --bins
-	$(CARGO) test --all-targets
+	$(CARGO) test
 
 test-e2e: release e2e-deps
 	SWAPD_BIN=$(CURDIR)/target/release/swapd tests/e2e/run.sh

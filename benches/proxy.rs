@@ -52,6 +52,8 @@ const GAP_INTERVAL_MS: u64 = 20;
 const STREAM_CLIENTS: usize = 500;
 const SLOW_CHUNKS: u64 = 100;
 const SLOW_INTERVAL_MS: u64 = 100;
+/// Delay between opening two of those streams.
+const STREAM_PACING: Duration = Duration::from_millis(2);
 /// Model start time of the swap and cold-start fixtures.
 const STARTUP_DELAY_MS: u64 = 300;
 const SWAPS: usize = 10;
@@ -141,6 +143,12 @@ fn bin_dir() -> PathBuf {
 }
 
 fn binary(name: &str) -> PathBuf {
+    // A different swapd (e.g. an unstripped build for perf) may be swapped in for profiling.
+    if name == "swapd" {
+        if let Some(path) = std::env::var_os("SWAPD_BENCH_SWAPD") {
+            return PathBuf::from(path);
+        }
+    }
     let path = bin_dir().join(name);
     if !path.exists() {
         panic!(
@@ -903,45 +911,54 @@ fn stream_memory(addr: &str, swapd_pid: u32) -> StreamMemory {
     let started = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(AtomicUsize::new(0));
     let request = Arc::new(stream_request(addr, SLOW_CHUNKS, SLOW_INTERVAL_MS));
+    let first_event_ms = Arc::new(Mutex::new(Vec::new()));
     let ramp = Instant::now();
-    let handles: Vec<_> = (0..STREAM_CLIENTS)
-        .map(|_| {
-            let (addr, request, started, finished) = (
-                addr.to_string(),
-                request.clone(),
-                started.clone(),
-                finished.clone(),
-            );
-            thread::Builder::new()
-                .stack_size(64 * 1024)
-                .spawn(move || -> Result<(), String> {
-                    let result = (|| -> io::Result<bool> {
-                        let mut client = Client::connect(&addr)?;
-                        client.send(&request)?;
-                        let mut seen = false;
-                        let mut tail = Vec::new();
-                        let response = client.read_response(|piece| {
-                            if !seen {
-                                seen = true;
-                                started.fetch_add(1, Ordering::SeqCst);
-                            }
-                            tail.extend_from_slice(piece);
-                            if tail.len() > 64 {
-                                tail.drain(..tail.len() - 64);
-                            }
-                        })?;
-                        Ok(response.status == 200 && find(&tail, b"data: [DONE]").is_some())
-                    })();
-                    finished.fetch_add(1, Ordering::SeqCst);
-                    match result {
-                        Ok(true) => Ok(()),
-                        Ok(false) => Err("bad status or no [DONE]".into()),
-                        Err(e) => Err(e.to_string()),
-                    }
-                })
-                .expect("stream client thread")
-        })
-        .collect();
+    let mut handles = Vec::new();
+    for _ in 0..STREAM_CLIENTS {
+        let (addr, request, started, finished, first_event_ms) = (
+            addr.to_string(),
+            request.clone(),
+            started.clone(),
+            finished.clone(),
+            first_event_ms.clone(),
+        );
+        let handle = thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || -> Result<(), String> {
+                let result = (|| -> io::Result<bool> {
+                    let sent = Instant::now();
+                    let mut client = Client::connect(&addr)?;
+                    client.send(&request)?;
+                    let mut seen = false;
+                    let mut tail = Vec::new();
+                    let response = client.read_response(|piece| {
+                        if !seen {
+                            seen = true;
+                            started.fetch_add(1, Ordering::SeqCst);
+                            first_event_ms
+                                .lock()
+                                .unwrap()
+                                .push(sent.elapsed().as_secs_f64() * 1e3);
+                        }
+                        tail.extend_from_slice(piece);
+                        if tail.len() > 64 {
+                            tail.drain(..tail.len() - 64);
+                        }
+                    })?;
+                    Ok(response.status == 200 && find(&tail, b"data: [DONE]").is_some())
+                })();
+                finished.fetch_add(1, Ordering::SeqCst);
+                match result {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err("bad status or no [DONE]".into()),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+            .expect("stream client thread");
+        handles.push(handle);
+        // Paced so that the listen backlogs never overflow (a dropped SYN costs a 1 s retry).
+        thread::sleep(STREAM_PACING);
+    }
     // Wait (bounded) until every stream has delivered its first event.
     let deadline = Instant::now() + Duration::from_secs(60);
     while started.load(Ordering::SeqCst) + finished.load(Ordering::SeqCst) < STREAM_CLIENTS
@@ -950,6 +967,13 @@ fn stream_memory(addr: &str, swapd_pid: u32) -> StreamMemory {
         thread::sleep(Duration::from_millis(5));
     }
     let ramp_seconds = ramp.elapsed().as_secs_f64();
+    let first = sorted(first_event_ms.lock().unwrap().clone());
+    println!(
+        "stream clients: time to first event p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        percentile(&first, 50.0),
+        percentile(&first, 99.0),
+        percentile(&first, 100.0)
+    );
     // Sample for a moment while every stream is open; keep the highest reading.
     let mut rss_during_kib = 0;
     let mut threads_during = 0;
@@ -1395,7 +1419,7 @@ fn main() {
     ));
 
     // ---- 7. Binary size ----
-    let size = std::fs::metadata(&swapd_path).map_or(0, |m| m.len());
+    let size = std::fs::metadata(bin_dir().join("swapd")).map_or(0, |m| m.len());
     rows.push(row(
         "swapd binary size (release, stripped)",
         format!("{:.2} MiB", size as f64 / 1048576.0),
