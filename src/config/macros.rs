@@ -163,11 +163,25 @@ pub(crate) fn expand_str(text: &str, macros: &[Macro]) -> Value {
             }
         }
         if current.contains(&slug) {
-            current = current.replace(&slug, &scalar_text(&entry.value));
+            let replacement = scalar_text(&entry.value);
+            let uses = current.matches(&slug).count();
+            let grown = current.len() - uses * slug.len() + uses * replacement.len();
+            if grown > MAX_EXPANDED_BYTES {
+                // Macros that repeat earlier macros grow exponentially ("billion laughs"); stop
+                // and leave a marker that validation reports as an error naming the field.
+                return Value::String(format!("${{{TOO_LARGE}}}"));
+            }
+            current = current.replace(&slug, &replacement);
         }
     }
     Value::String(current)
 }
+
+/// The largest string macro expansion may produce.
+const MAX_EXPANDED_BYTES: usize = 1024 * 1024;
+
+/// The marker left by an expansion that grew past [`MAX_EXPANDED_BYTES`].
+const TOO_LARGE: &str = "swapd-expansion-too-large";
 
 /// Expands macros in every string of `value` (mapping keys are left alone).
 pub(crate) fn expand_value(value: &mut Value, macros: &[Macro]) {
@@ -223,6 +237,10 @@ pub(crate) fn leftover_message(name: &str) -> String {
         }
         "MODEL_ID" => "unknown macro '${MODEL_ID}' (it is only defined inside models)".to_string(),
         "PID" => "unknown macro '${PID}' (it is only available in cmdStop)".to_string(),
+        TOO_LARGE => format!(
+            "macro expansion grows past {} KiB (macros repeating other macros grow exponentially)",
+            MAX_EXPANDED_BYTES / 1024
+        ),
         other => format!("unknown macro '${{{other}}}'"),
     }
 }
@@ -287,6 +305,27 @@ mod tests {
         let names: Vec<_> = scope.iter().map(|entry| entry.name.as_str()).collect();
         assert_eq!(names, ["MODEL_ID", "a", "b", "c"]);
         assert_eq!(scope[2].value, text("lb"));
+    }
+
+    #[test]
+    fn exponential_expansion_is_cut_off() {
+        let mut pairs = vec![("m0".to_string(), text("xxxxxxxxxxxxxxxx"))];
+        for i in 1..30 {
+            pairs.push((
+                format!("m{i}"),
+                text(&format!("${{m{}}}${{m{}}}", i - 1, i - 1)),
+            ));
+        }
+        let macros: Vec<Macro> = pairs
+            .iter()
+            .map(|(n, v)| Macro::new(n, v.clone()))
+            .collect();
+        let expanded = expand_str("${m29}", &macros);
+        let Value::String(expanded) = expanded else {
+            panic!("a string")
+        };
+        let name = leftover(&expanded, false).expect("marker left");
+        assert!(leftover_message(name).contains("grows past"));
     }
 
     #[test]

@@ -279,6 +279,7 @@ pub fn parse(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Loaded, ConfigError> {
+    check_nesting(text, path)?;
     let text = env::substitute(text, path, env)?;
     let scanned = scan::scan(&text);
     let locator = Locator::new(&scanned);
@@ -295,6 +296,50 @@ pub fn parse(
         config,
         warnings: reporter.into_warnings(),
     })
+}
+
+/// The deepest nesting a config may use. Real configs use fewer than ten levels; the limit
+/// keeps a hostile or broken file from making the YAML parser work for seconds.
+const MAX_NESTING: usize = 64;
+
+/// Rejects flow collections (`[`, `{`) nested deeper than [`MAX_NESTING`] and lines indented
+/// deeper than what that many block levels could need, before any parsing.
+fn check_nesting(text: &str, path: &Path) -> Result<(), ConfigError> {
+    let error = |line: usize, message: String| ConfigError {
+        path: path.to_path_buf(),
+        line: Some(line),
+        column: None,
+        key: String::new(),
+        message,
+    };
+    let mut depth = 0usize;
+    for (index, line) in text.lines().enumerate() {
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        if indent > MAX_NESTING * 16 {
+            return Err(error(
+                index + 1,
+                format!("line is indented by {indent} spaces; nesting this deep is not supported"),
+            ));
+        }
+        let mut quote: Option<char> = None;
+        for character in line.chars() {
+            match (quote, character) {
+                (Some(open), c) if c == open => quote = None,
+                (Some(_), _) => {}
+                (None, '"') | (None, '\'') => quote = Some(character),
+                (None, '#') => break,
+                (None, '[') | (None, '{') => {
+                    depth += 1;
+                    if depth > MAX_NESTING {
+                        return Err(error(index + 1, format!("collections nested deeper than {MAX_NESTING} levels are not supported")));
+                    }
+                }
+                (None, ']') | (None, '}') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A YAML syntax error, positioned where serde_yaml found it.

@@ -1209,3 +1209,34 @@ models:
     assert!(model.unlisted);
     assert_eq!(model.concurrency_limit, 3);
 }
+
+#[test]
+fn deep_nesting_is_rejected_before_parsing() {
+    let deep = format!("models: {}{}\n", "[".repeat(20_000), "]".repeat(20_000));
+    let started = std::time::Instant::now();
+    let error = load_err(&deep);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(error.message.contains("nested deeper than 64"), "{error}");
+    assert_eq!(error.line, Some(1));
+    // Brackets inside quotes and comments do not count.
+    let quoted = format!(
+        "models:\n  a:\n    cmd: \"x --port ${{PORT}} {}\" # {}\n",
+        "[".repeat(100),
+        "{".repeat(100)
+    );
+    load_ok(&quoted);
+}
+
+#[test]
+fn exponential_macros_are_an_error_naming_the_field() {
+    let mut text = String::from("macros:\n  m0: \"xxxxxxxxxxxxxxxx\"\n");
+    for i in 1..40 {
+        text.push_str(&format!("  m{i}: \"${{m{}}}${{m{}}}\"\n", i - 1, i - 1));
+    }
+    text.push_str("models:\n  a:\n    cmd: x ${m39}\n    proxy: http://127.0.0.1:9\n");
+    let started = std::time::Instant::now();
+    let error = load_err(&text);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(error.key, "models.a.cmd");
+    assert!(error.message.contains("grows past"), "{error}");
+}
