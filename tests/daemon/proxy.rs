@@ -449,3 +449,23 @@ fn loading_state_streams_progress_then_the_answer() {
     assert!(all.contains("Done!"), "{all}");
     assert!(all.contains("tok0"), "the real stream follows: {all}");
 }
+
+#[test]
+fn stale_pooled_upstream_connections_never_become_errors() {
+    // fake-upstream closes the connection after every streamed response without saying so,
+    // as llama-server does; the next request must not fail on the dead pooled connection.
+    let daemon = Daemon::start(&simple_config(&["a"], "", "").replace(
+        "--model a",
+        "--model a --close-after-stream --stream-interval-ms 1",
+    ));
+    for round in 0..40 {
+        let streamed = post_json(
+            &daemon.url("/v1/chat/completions"),
+            &json!({"model": "a", "stream": true, "stream_chunks": 2}),
+        );
+        assert_eq!(streamed.status, 200, "round {round}: {}", streamed.body);
+        assert!(streamed.body.contains("[DONE]"), "round {round}");
+        let plain = post_json(&daemon.url("/v1/chat/completions"), &chat("a"));
+        assert_eq!(plain.status, 200, "round {round}: {}", plain.body);
+    }
+}
