@@ -1094,9 +1094,10 @@ fn main() {
     println!("# swapd end-to-end proxy benchmark");
     println!();
     println!(
-        "binaries: {} and {}",
+        "binaries: {} and {} (cargo built {} for this bench)",
         swapd_path.display(),
-        fake_path.display()
+        fake_path.display(),
+        env!("CARGO_BIN_EXE_swapd")
     );
     println!(
         "cores: {}, load average at start: {}",
@@ -1111,9 +1112,15 @@ fn main() {
     let direct_fake = start_fake(direct_port, &[]);
     wait_healthy(&direct, Duration::from_secs(10), Duration::from_millis(5))
         .expect("direct fake-upstream did not become healthy");
+    // The model's `proxy` is left at its default (llama-swap's `http://localhost:${PORT}`)
+    // unless SWAPD_BENCH_UPSTREAM_HOST names another host (e.g. 127.0.0.1) to compare.
+    let start_port = free_port_range(2);
+    let proxy_line = match std::env::var("SWAPD_BENCH_UPSTREAM_HOST") {
+        Ok(host) => format!("    proxy: http://{host}:{start_port}\n"),
+        Err(_) => String::new(),
+    };
     let config = format!(
-        "healthCheckTimeout: 30\nstartPort: {}\nswapd:\n  maxConnections: 2000\nmodels:\n  fast:\n    cmd: {} --port ${{PORT}} --model fast\n    concurrencyLimit: 1000\n",
-        free_port_range(2),
+        "healthCheckTimeout: 30\nstartPort: {start_port}\nswapd:\n  maxConnections: 2000\nmodels:\n  fast:\n    cmd: {} --port ${{PORT}} --model fast\n    concurrencyLimit: 1000\n{proxy_line}",
         fake_path.display()
     );
     let swapd = start_swapd(&config);
@@ -1137,6 +1144,29 @@ fn main() {
         .expect("swapd's fake-upstream child");
     let direct_pid = direct_fake.pid();
     let mut proxied_total: u64 = 1;
+
+    // Profiling mode: only a steady proxied load, for `perf record -p <swapd pid>`.
+    if let Ok(secs) = std::env::var("SWAPD_BENCH_PROFILE_SECS") {
+        let secs: f64 = secs
+            .trim()
+            .parse()
+            .expect("SWAPD_BENCH_PROFILE_SECS: seconds");
+        let c = env_u64("SWAPD_BENCH_PROFILE_CONCURRENCY", 16) as usize;
+        load(&proxied, c, 0.5, &[swapd_pid]);
+        println!("profile: swapd pid {swapd_pid}; load at c={c} for {secs} s starts in 2 s");
+        thread::sleep(Duration::from_secs(2));
+        let r = load(&proxied, c, secs, &[swapd_pid, upstream_pid]);
+        let per = |t: u64| t as f64 / ticks * 1e6 / r.ok.max(1) as f64;
+        println!(
+            "profile: {} requests, {:.0} req/s, {} errors, swapd CPU {:.1} µs/request, upstream CPU {:.1} µs/request",
+            r.ok,
+            r.ok as f64 / r.seconds,
+            r.errors,
+            per(r.cpu[0]),
+            per(r.cpu[1])
+        );
+        return;
+    }
 
     // ---- 1. Latency ----
     let (lat_d, lat_p) = latency(&direct, &proxied);
@@ -1259,24 +1289,33 @@ fn main() {
     for (ci, &c) in CONCURRENCIES.iter().enumerate() {
         let d = median(&rates[ci][0]);
         let p = median(&rates[ci][1]);
+        // Each round's direct and proxied runs are back to back, so their ratio is paired and
+        // less exposed to load that comes and goes than the ratio of the medians.
+        let ratios: Vec<f64> = rates[ci][1]
+            .iter()
+            .zip(&rates[ci][0])
+            .map(|(p, d)| p / d)
+            .collect();
+        let ratio = median(&ratios);
         let cpu = median(&cpu_per_req[ci]);
+        println!(
+            "c={c}: proxied/direct per round {:?}, median {ratio:.2}; swapd CPU/request per round {:?}",
+            ratios.iter().map(|r| (r * 100.0).round() / 100.0).collect::<Vec<_>>(),
+            cpu_per_req[ci].iter().map(|v| v.round()).collect::<Vec<_>>()
+        );
         rows.push(row(
-            &format!("throughput c={c}, proxied / direct (median of {THROUGHPUT_ROUNDS})"),
-            format!(
-                "{p:.0} / {d:.0} req/s = {:.2}×, {} errors",
-                p / d,
-                errors[ci]
-            ),
+            &format!("throughput c={c}: proxied / direct req/s, paired ratio"),
+            format!("{p:.0} / {d:.0} = {ratio:.2}×, {} errors", errors[ci]),
             "≥ 0.4×",
             if c == 16 {
                 "4,300 / 77,000 = 0.06×"
             } else {
                 "–"
             },
-            Some(p / d >= 0.4 && errors[ci] == 0),
+            Some(ratio >= 0.4 && errors[ci] == 0),
         ));
         rows.push(row(
-            &format!("swapd CPU per request, c={c}"),
+            &format!("swapd CPU per request, c={c} (median of {THROUGHPUT_ROUNDS} rounds)"),
             format!("{cpu:.1} µs"),
             "< 40 µs",
             if c == 16 { "~300 µs" } else { "–" },
@@ -1286,21 +1325,25 @@ fn main() {
 
     // ---- 6a. RSS after load ----
     if proxied_total < load_requests {
-        let remaining = load_requests - proxied_total;
-        let rate = median(&rates[0][1]).max(1.0);
-        let seconds = (remaining as f64 / rate).min(120.0);
         println!();
         println!(
-            "load top-up: {remaining} more proxied requests wanted, running c=16 for {seconds:.1} s"
+            "load top-up: {} more proxied requests wanted (c=16, at most 120 s)",
+            load_requests - proxied_total
         );
-        let r = load(&proxied, 16, seconds, &[swapd_pid]);
-        proxied_total += r.ok + r.errors;
-        println!(
-            "  {} ok, {} errors, {:.0} req/s",
-            r.ok,
-            r.errors,
-            r.ok as f64 / r.seconds
-        );
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while proxied_total < load_requests && Instant::now() < deadline {
+            let remaining = load_requests - proxied_total;
+            let rate = median(&rates[0][1]).max(1000.0);
+            let seconds = (remaining as f64 / rate).clamp(0.2, 5.0);
+            let r = load(&proxied, 16, seconds, &[swapd_pid]);
+            proxied_total += r.ok + r.errors;
+            println!(
+                "  {} ok, {} errors, {:.0} req/s",
+                r.ok,
+                r.errors,
+                r.ok as f64 / r.seconds
+            );
+        }
     }
     thread::sleep(Duration::from_millis(200));
     let rss_load = status_kib(swapd_pid, "VmRSS");

@@ -6,4 +6,5 @@ mod logs;
 mod observability;
 mod proxy;
 mod reload;
+mod robustness;
 mod supervisor;
