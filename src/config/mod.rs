@@ -321,6 +321,18 @@ fn check_nesting(text: &str, path: &Path) -> Result<(), ConfigError> {
                 format!("line is indented by {indent} spaces; nesting this deep is not supported"),
             ));
         }
+        // Compact block sequences (`- - - x`) nest without indentation.
+        let compact = line
+            .trim_start()
+            .split_inclusive(' ')
+            .take_while(|token| token.trim() == "-")
+            .count();
+        if compact > MAX_NESTING {
+            return Err(error(
+                index + 1,
+                format!("sequences nested deeper than {MAX_NESTING} levels are not supported"),
+            ));
+        }
         let mut quote: Option<char> = None;
         for character in line.chars() {
             match (quote, character) {

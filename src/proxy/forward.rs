@@ -77,10 +77,15 @@ pub fn forward(
     app: &App,
     destination: Destination,
     client: &ClientSocket,
-    lease: &Lease,
+    lease: Lease,
     outgoing: &Outgoing,
 ) -> Outcome {
+    let model = lease.model().to_string();
     let url = format!("{}{}", lease.upstream(), outgoing.path_and_query);
+    // The lease is given back as soon as the upstream body has been read in full, before the
+    // last bytes go to the client: a client that sends its next request the moment this
+    // response ends must find the slot free (the release is queued before that request).
+    let mut lease = Some(lease);
     let sent_at = Instant::now();
     let mut response = None;
     let mut last_error = None;
@@ -108,17 +113,13 @@ pub fn forward(
             ureq::Error::Timeout(_) => (
                 504,
                 format!(
-                    "upstream for model '{}' did not answer within {}s ({url})",
-                    lease.model(),
+                    "upstream for model '{model}' did not answer within {}s ({url})",
                     app.limits().upstream_timeout.as_secs()
                 ),
             ),
             _ => (
                 502,
-                format!(
-                    "upstream for model '{}' failed: {error} ({url})",
-                    lease.model()
-                ),
+                format!("upstream for model '{model}' failed: {error} ({url})"),
             ),
         };
         log::warn!("{message}");
@@ -174,10 +175,14 @@ pub fn forward(
     loop {
         match reader.read(&mut buffer) {
             Ok(0) => {
+                drop(lease.take());
                 let _ = writer.finish();
                 break;
             }
             Ok(read) => {
+                if content_length == Some(bytes + read as u64) {
+                    drop(lease.take());
+                }
                 if bytes == 0 && is_sse {
                     time_to_first_token = Some(sent_at.elapsed());
                 }
@@ -188,14 +193,13 @@ pub fn forward(
                 if writer.write_chunk(&buffer[..read]).is_err() {
                     // The client went away: dropping the reader closes the upstream
                     // connection, and returning drops the lease.
-                    log::debug!("client left during the response from '{}'", lease.model());
+                    log::debug!("client left during the response from '{model}'");
                     break;
                 }
             }
             Err(error) => {
                 let message = format!(
-                    "upstream for model '{}' failed after {bytes} bytes ({:.1}s): {error}",
-                    lease.model(),
+                    "upstream for model '{model}' failed after {bytes} bytes ({:.1}s): {error}",
                     started.elapsed().as_secs_f64()
                 );
                 log::warn!("{message}");

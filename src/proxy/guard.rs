@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 #[derive(Default)]
 struct PeerState {
     active: usize,
+    /// Of the active requests, those still receiving their body.
+    reading: usize,
     last_end: Option<Instant>,
 }
 
@@ -51,7 +53,42 @@ impl Drop for ActiveRequest<'_> {
     }
 }
 
+/// Marks a request as receiving its body for as long as it lives: a client that stops sending
+/// its body for `headerTimeout` is cut like an idle one.
+pub struct ReadingBody<'a> {
+    guard: &'a ConnectionGuard,
+    peer: Option<SocketAddr>,
+}
+
+impl Drop for ReadingBody<'_> {
+    fn drop(&mut self) {
+        if let Some(peer) = self.peer {
+            let mut peers = self
+                .guard
+                .peers
+                .lock()
+                .expect("guard lock is never poisoned");
+            if let Some(state) = peers.get_mut(&peer) {
+                state.reading = state.reading.saturating_sub(1);
+            }
+        }
+    }
+}
+
 impl ConnectionGuard {
+    /// Marks a request from `peer` as receiving its body until the returned value is dropped.
+    pub fn reading_body(&self, peer: Option<SocketAddr>) -> ReadingBody<'_> {
+        if let Some(peer) = peer {
+            self.peers
+                .lock()
+                .expect("guard lock is never poisoned")
+                .entry(peer)
+                .or_default()
+                .reading += 1;
+        }
+        ReadingBody { guard: self, peer }
+    }
+
     pub fn new() -> ConnectionGuard {
         ConnectionGuard {
             peers: Mutex::new(HashMap::new()),
@@ -120,7 +157,15 @@ impl ConnectionGuard {
         for &(fd, peer) in &sockets {
             let seen = *first_seen.entry((fd, peer)).or_insert(now);
             let state = peers.get(&peer);
-            if state.is_some_and(|s| s.active > 0) {
+            if let Some(state) = state.filter(|s| s.active > 0) {
+                // Busy connections are left alone, except one whose request is still waiting
+                // for a body the client stopped sending.
+                let stalled = state.reading == state.active
+                    && last_receive_age(fd).is_some_and(|age| age >= timeout);
+                if stalled {
+                    log::debug!("closing connection from {peer}: request body stalled");
+                    crate::http::shutdown_socket(fd);
+                }
                 continue;
             }
             let idle_since = state

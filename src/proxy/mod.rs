@@ -258,11 +258,17 @@ pub fn stop_accepting(
 }
 
 /// Reads a request body up to `limit` bytes. `Err(true)` means it was larger than the limit,
-/// `Err(false)` that it could not be read.
-fn read_body(request: &mut tiny_http::Request, limit: usize) -> Result<Vec<u8>, bool> {
+/// `Err(false)` that it could not be read or was cut short.
+fn read_body(app: &App, request: &mut tiny_http::Request, limit: usize) -> Result<Vec<u8>, bool> {
     if request.body_length().is_some_and(|length| length > limit) {
         return Err(true);
     }
+    let _reading = app.guard.reading_body(request.remote_addr().copied());
+    let declared = request.body_length();
+    let chunked = request
+        .headers()
+        .iter()
+        .any(|h| h.field.equiv("Transfer-Encoding"));
     let mut body = Vec::with_capacity(request.body_length().unwrap_or(0).min(limit));
     let read = request
         .as_reader()
@@ -270,7 +276,19 @@ fn read_body(request: &mut tiny_http::Request, limit: usize) -> Result<Vec<u8>, 
         .read_to_end(&mut body);
     match read {
         Ok(_) if body.len() > limit => Err(true),
+        // tiny_http reports a body cut short by the client as a normal end.
+        Ok(_) if declared.is_some_and(|length| body.len() < length) => Err(false),
+        Ok(_) if chunked && client_of_request(app, request).is_gone() => Err(false),
         Ok(_) => Ok(body),
         Err(_) => Err(false),
+    }
+}
+
+/// The client socket of a request (for the rare checks that need it).
+pub(super) fn client_of_request(app: &App, request: &tiny_http::Request) -> ClientSocket {
+    ClientSocket {
+        local: app.local_addr,
+        peer: request.remote_addr().copied(),
+        fd: std::cell::Cell::new(None),
     }
 }

@@ -13,7 +13,7 @@ use crate::supervisor::{AcquireError, Phase, Reply};
 
 use super::extract::{self, ModelSource};
 use super::forward::{self, Destination, Outgoing};
-use super::{read_body, App, ClientSocket};
+use super::{client_of_request, read_body, App};
 
 pub fn handle(app: &App, request: tiny_http::Request, active: usize) {
     let method = request.method().as_str().to_ascii_uppercase();
@@ -54,11 +54,7 @@ pub fn handle(app: &App, request: tiny_http::Request, active: usize) {
             &[("WWW-Authenticate", "Basic realm=\"swapd\"")],
         );
     }
-    if path.contains("/../")
-        || path.ends_with("/..")
-        || path.contains("%2e%2e")
-        || path.contains("%2E%2E")
-    {
+    if is_traversal(path) {
         return http::send_error(request, 400, "path traversal is not allowed", None, &[]);
     }
 
@@ -128,6 +124,12 @@ pub fn handle(app: &App, request: tiny_http::Request, active: usize) {
             )
         }
     }
+}
+
+/// Whether a path has a `..` segment in any spelling (`..`, `%2e%2E`, `.%2e`, `%2F`-joined).
+fn is_traversal(path: &str) -> bool {
+    let decoded = extract::percent_decode(path);
+    decoded.split(['/', '\\']).any(|segment| segment == "..")
 }
 
 fn preflight(request: tiny_http::Request) {
@@ -243,14 +245,6 @@ fn forwarded_headers(request: &tiny_http::Request) -> Vec<(String, String)> {
         .collect()
 }
 
-fn client_of(app: &App, request: &tiny_http::Request) -> ClientSocket {
-    ClientSocket {
-        local: app.local_addr,
-        peer: request.remote_addr().copied(),
-        fd: std::cell::Cell::new(None),
-    }
-}
-
 fn body_error(request: tiny_http::Request, too_large: bool, limit: usize) {
     if too_large {
         http::send_error(
@@ -282,7 +276,7 @@ fn model_request(
     let limits = app.limits();
     let body = match source {
         ModelSource::Query => Vec::new(),
-        _ => match read_body(&mut request, limits.max_body_bytes) {
+        _ => match read_body(app, &mut request, limits.max_body_bytes) {
             Ok(body) => body,
             Err(too_large) => return body_error(request, too_large, limits.max_body_bytes),
         },
@@ -350,7 +344,7 @@ fn proxy_to(
     loading_state: bool,
 ) {
     let started = Instant::now();
-    let client = client_of(app, &request);
+    let client = client_of_request(app, &request);
     let mut ticket = app.supervisor.request(model_id);
     let mut request = Some(request);
     let mut loading: Option<LoadingStream> = None;
@@ -413,8 +407,7 @@ fn proxy_to(
         },
         (None, None) => return,
     };
-    let outcome = forward::forward(app, destination, &client, &lease, &outgoing);
-    drop(lease);
+    let outcome = forward::forward(app, destination, &client, lease, &outgoing);
     record(
         app,
         model_id,
@@ -679,7 +672,7 @@ fn upstream(app: &App, mut request: tiny_http::Request, method: &str, rest: &str
         return;
     }
     let limits = app.limits();
-    let body = match read_body(&mut request, limits.max_body_bytes) {
+    let body = match read_body(app, &mut request, limits.max_body_bytes) {
         Ok(body) => body,
         Err(too_large) => return body_error(request, too_large, limits.max_body_bytes),
     };
@@ -730,7 +723,7 @@ fn log_stream(app: &App, request: tiny_http::Request, path: &str, query: &str) {
     } else {
         buffer.subscribe()
     };
-    let client = client_of(app, &request);
+    let client = client_of_request(app, &request);
     let Ok(mut writer) = ResponseWriter::start(
         request,
         200,
@@ -823,7 +816,7 @@ fn event_frame(kind: &str, data: &Value) -> Vec<u8> {
 /// `GET /api/events`: model states, log data and new request rows as server-sent events, in
 /// llama-swap's message format so its clients can follow swapd.
 fn events(app: &App, request: tiny_http::Request) {
-    let client = client_of(app, &request);
+    let client = client_of_request(app, &request);
     let (proxy_history, proxy_logs) = app.logs.proxy.subscribe();
     let (upstream_history, upstream_logs) = app.logs.upstream.subscribe();
     let rows = app.metrics.subscribe_rows();

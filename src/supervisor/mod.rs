@@ -631,6 +631,10 @@ impl State {
                                 id: pending.id,
                                 reply: pending.reply,
                             });
+                        } else if slot.phase == Phase::Ready {
+                            // `checkEndpoint: none`: ready as soon as spawned.
+                            let lease = self.grant(&model);
+                            let _ = pending.reply.send(Reply::Granted(lease));
                         } else {
                             // The spawn itself failed; `start` recorded why.
                             let message =

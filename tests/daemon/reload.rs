@@ -249,7 +249,9 @@ fn sighup_and_watched_file_bursts_reload_once_to_the_final_state() {
     // Keep asking for a while: there is never more than one process for a.
     let deadline = Instant::now() + Duration::from_secs(6);
     while Instant::now() < deadline {
-        let instances = pids_with_cmdline("--model a ").len();
+        // Only this daemon's children: other tests run fake-upstream models named a too.
+        let marker = format!("{}/a.pid", daemon.dir.path().display());
+        let instances = pids_with_cmdline(&marker).len();
         assert!(instances <= 1, "two instances of a at once");
         let _ = post_json(&daemon.url("/v1/chat/completions"), &chat("a"));
     }
