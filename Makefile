@@ -56,5 +56,9 @@ fmt-check:
 bench:
 	$(CARGO) bench --bench logbuf
 
+# Mixed traffic against three fake models with swaps, disconnects and killed upstreams.
+soak:
+	tests/soak.sh
+
 clean:
 	$(CARGO) clean
