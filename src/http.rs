@@ -241,20 +241,23 @@ pub fn send_text(request: tiny_http::Request, status: u16, text: &str) {
 /// streamed body must end with an error. Scanning our own descriptors is cheap enough for those
 /// paths and never used per request.
 pub fn find_connection_fd(local: SocketAddr, peer: SocketAddr) -> Option<RawFd> {
-    let entries = std::fs::read_dir("/proc/self/fd").ok()?;
-    for entry in entries.flatten() {
-        let Some(fd) = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<RawFd>().ok())
-        else {
-            continue;
-        };
-        if socket_matches(fd, local, peer) {
-            return Some(fd);
-        }
-    }
-    None
+    client_sockets(local)
+        .into_iter()
+        .find(|&(_, found)| found == peer)
+        .map(|(fd, _)| fd)
+}
+
+/// Our accepted TCP sockets: descriptors whose local address is `local`'s and that have a
+/// peer, read from `/proc/self/fd`.
+pub fn client_sockets(local: SocketAddr) -> Vec<(RawFd, SocketAddr)> {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<RawFd>().ok())
+        .filter_map(|fd| Some((fd, peer_of(fd, local)?)))
+        .collect()
 }
 
 /// Whether `fd` is (still) the TCP socket between `local` and `peer`.

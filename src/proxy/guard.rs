@@ -76,16 +76,22 @@ impl Drop for ReadingBody<'_> {
 }
 
 impl ConnectionGuard {
+    /// Changes the state of `peer` (nothing for a request without a peer address).
+    fn update(&self, peer: Option<SocketAddr>, change: impl FnOnce(&mut PeerState)) {
+        if let Some(peer) = peer {
+            change(
+                self.peers
+                    .lock()
+                    .expect("guard lock is never poisoned")
+                    .entry(peer)
+                    .or_default(),
+            );
+        }
+    }
+
     /// Marks a request from `peer` as receiving its body until the returned value is dropped.
     pub fn reading_body(&self, peer: Option<SocketAddr>) -> ReadingBody<'_> {
-        if let Some(peer) = peer {
-            self.peers
-                .lock()
-                .expect("guard lock is never poisoned")
-                .entry(peer)
-                .or_default()
-                .reading += 1;
-        }
+        self.update(peer, |state| state.reading += 1);
         ReadingBody { guard: self, peer }
     }
 
@@ -99,14 +105,7 @@ impl ConnectionGuard {
 
     /// Marks a request from `peer` as in progress until the returned value is dropped.
     pub fn begin(&self, peer: Option<SocketAddr>) -> ActiveRequest<'_> {
-        if let Some(peer) = peer {
-            self.peers
-                .lock()
-                .expect("guard lock is never poisoned")
-                .entry(peer)
-                .or_default()
-                .active += 1;
-        }
+        self.update(peer, |state| state.active += 1);
         ActiveRequest { guard: self, peer }
     }
 
@@ -144,7 +143,7 @@ impl ConnectionGuard {
         first_seen: &mut HashMap<(RawFd, SocketAddr), Instant>,
     ) {
         let now = Instant::now();
-        let sockets = client_sockets(local);
+        let sockets = crate::http::client_sockets(local);
         // tiny_http keeps two descriptors per connection (read and write halves).
         let mut distinct: Vec<SocketAddr> = sockets.iter().map(|(_, peer)| *peer).collect();
         distinct.sort();
@@ -191,28 +190,6 @@ impl Default for ConnectionGuard {
     fn default() -> Self {
         ConnectionGuard::new()
     }
-}
-
-/// Our accepted TCP sockets: descriptors whose local address is the listener's and that have
-/// a peer.
-fn client_sockets(local: SocketAddr) -> Vec<(RawFd, SocketAddr)> {
-    let mut sockets = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
-        return sockets;
-    };
-    for entry in entries.flatten() {
-        let Some(fd) = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<RawFd>().ok())
-        else {
-            continue;
-        };
-        if let Some(peer) = crate::http::peer_of(fd, local) {
-            sockets.push((fd, peer));
-        }
-    }
-    sockets
 }
 
 /// How long ago the kernel last received data on this socket.

@@ -473,6 +473,13 @@ fn acquire_error_status(
     }
 }
 
+/// The head of every server-sent event stream swapd produces itself.
+const SSE_HEADERS: &[(&str, &str)] = &[
+    ("Content-Type", "text/event-stream"),
+    ("Cache-Control", "no-cache"),
+    ("X-Accel-Buffering", "no"),
+];
+
 /// llama-swap's `sendLoadingState`: a streaming chat request to a cold model gets an
 /// immediate SSE response whose `reasoning_content` reports loading, then the real stream.
 struct LoadingStream {
@@ -482,17 +489,7 @@ struct LoadingStream {
 
 impl LoadingStream {
     fn start(request: tiny_http::Request, model_id: &str) -> Option<LoadingStream> {
-        let writer = ResponseWriter::start(
-            request,
-            200,
-            &[
-                ("Content-Type", "text/event-stream"),
-                ("Cache-Control", "no-cache"),
-                ("X-Accel-Buffering", "no"),
-            ],
-            None,
-        )
-        .ok()?;
+        let writer = ResponseWriter::start(request, 200, SSE_HEADERS, None).ok()?;
         let mut stream = LoadingStream { writer, ticks: 0 };
         stream
             .send(&format!("━━━━━\nswapd loading model: {model_id}\n"))
@@ -820,16 +817,7 @@ fn events(app: &App, request: tiny_http::Request) {
     let (proxy_history, proxy_logs) = app.logs.proxy.subscribe();
     let (upstream_history, upstream_logs) = app.logs.upstream.subscribe();
     let rows = app.metrics.subscribe_rows();
-    let Ok(mut writer) = ResponseWriter::start(
-        request,
-        200,
-        &[
-            ("Content-Type", "text/event-stream"),
-            ("Cache-Control", "no-cache"),
-            ("X-Accel-Buffering", "no"),
-        ],
-        None,
-    ) else {
+    let Ok(mut writer) = ResponseWriter::start(request, 200, SSE_HEADERS, None) else {
         return;
     };
     let log_event = |source: &str, bytes: &[u8]| {
