@@ -1,8 +1,10 @@
 //! Health probing of a starting model, on its own thread so the supervisor never blocks.
 //!
 //! llama-swap waits 250 ms and then polls once a second, adding up to a second to every start.
-//! We poll after 10 ms and back off by half each time up to 250 ms, so a model is seen ready
-//! within tens of milliseconds of answering 200.
+//! We poll every 5 ms for the first second (most small models and test fixtures are ready
+//! within it, and a refused or 503 probe on loopback costs microseconds), then back off by half
+//! each time up to 100 ms, so a model is seen ready within a few milliseconds of answering 200
+//! and a slow load is polled ten times a second.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,9 +15,10 @@ use crossbeam_channel::Sender;
 
 use super::Command;
 
-/// The first wait before probing, and the longest wait between probes.
-const FIRST_DELAY: Duration = Duration::from_millis(10);
-const MAX_DELAY: Duration = Duration::from_millis(250);
+/// The wait between probes during the first second, and the longest wait after it.
+const FAST_DELAY: Duration = Duration::from_millis(5);
+const FAST_PHASE: Duration = Duration::from_secs(1);
+const MAX_DELAY: Duration = Duration::from_millis(100);
 
 pub struct Probe {
     pub agent: ureq::Agent,
@@ -49,8 +52,9 @@ pub fn start_probe(probe: Probe) {
 }
 
 fn run(probe: Probe) {
-    let deadline = Instant::now() + probe.timeout;
-    let mut delay = FIRST_DELAY;
+    let started = Instant::now();
+    let deadline = started + probe.timeout;
+    let mut delay = FAST_DELAY;
     loop {
         thread::sleep(delay);
         if probe.cancel.load(Ordering::Relaxed) {
@@ -78,6 +82,8 @@ fn run(probe: Probe) {
             });
             return;
         }
-        delay = (delay + delay / 2).min(MAX_DELAY);
+        if started.elapsed() >= FAST_PHASE {
+            delay = (delay + delay / 2).min(MAX_DELAY);
+        }
     }
 }
