@@ -39,17 +39,10 @@ pub struct ActiveRequest<'a> {
 
 impl Drop for ActiveRequest<'_> {
     fn drop(&mut self) {
-        if let Some(peer) = self.peer {
-            let mut peers = self
-                .guard
-                .peers
-                .lock()
-                .expect("guard lock is never poisoned");
-            if let Some(state) = peers.get_mut(&peer) {
-                state.active = state.active.saturating_sub(1);
-                state.last_end = Some(Instant::now());
-            }
-        }
+        self.guard.update(self.peer, |state| {
+            state.active = state.active.saturating_sub(1);
+            state.last_end = Some(Instant::now());
+        });
     }
 }
 
@@ -62,16 +55,9 @@ pub struct ReadingBody<'a> {
 
 impl Drop for ReadingBody<'_> {
     fn drop(&mut self) {
-        if let Some(peer) = self.peer {
-            let mut peers = self
-                .guard
-                .peers
-                .lock()
-                .expect("guard lock is never poisoned");
-            if let Some(state) = peers.get_mut(&peer) {
-                state.reading = state.reading.saturating_sub(1);
-            }
-        }
+        self.guard.update(self.peer, |state| {
+            state.reading = state.reading.saturating_sub(1)
+        });
     }
 }
 

@@ -450,6 +450,9 @@ fn loading_state_streams_progress_then_the_answer() {
     assert!(all.contains("tok0"), "the real stream follows: {all}");
 }
 
+/// Behaviour check, not a proof of the retry: ureq already drops pooled connections whose FIN
+/// has arrived, so this passes even without forward.rs's resend; the resend covers the narrower
+/// race where the upstream closes just as a request is written, which this test rarely hits.
 #[test]
 fn stale_pooled_upstream_connections_never_become_errors() {
     // fake-upstream closes the connection after every streamed response without saying so,
