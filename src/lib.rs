@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod supervisor;
+pub mod upstream;

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use crate::http::{self, ResponseWriter};
 use crate::supervisor::Lease;
+use crate::upstream::UpstreamError;
 
 use super::{App, ClientSocket};
 
@@ -81,76 +82,70 @@ pub fn forward(
     outgoing: &Outgoing,
 ) -> Outcome {
     let model = lease.model().to_string();
-    let url = format!("{}{}", lease.upstream(), outgoing.path_and_query);
+    let sent_at = Instant::now();
+    let request = crate::upstream::Request {
+        method: &outgoing.method,
+        path_and_query: &outgoing.path_and_query,
+        headers: &outgoing.headers,
+        body: (!outgoing.body.is_empty()
+            || !matches!(
+                outgoing.method.as_str(),
+                "GET" | "HEAD" | "DELETE" | "OPTIONS"
+            ))
+        .then_some(outgoing.body.as_slice()),
+    };
+    let upstream_timeout = app.limits().upstream_timeout;
+    // A stale pooled connection is resent inside `send`; this second attempt covers a fresh
+    // connection that failed (e.g. an upstream that closes its first connection early).
+    let mut sent = app.upstream.send(lease.upstream(), &request, Some(upstream_timeout));
+    if sent.as_ref().is_err_and(|error| error.is_retryable()) {
+        sent = app.upstream.send(lease.upstream(), &request, Some(upstream_timeout));
+    }
+    let response = match sent {
+        Ok(response) => response,
+        Err(error) => {
+            let url = format!("{}{}", lease.upstream(), outgoing.path_and_query);
+            let (status, message) = match &error {
+                UpstreamError::Timeout => (
+                    504,
+                    format!(
+                        "upstream for model '{model}' did not answer within {}s ({url})",
+                        upstream_timeout.as_secs()
+                    ),
+                ),
+                _ => (
+                    502,
+                    format!("upstream for model '{model}' failed: {error} ({url})"),
+                ),
+            };
+            log::warn!("{message}");
+            match destination {
+                Destination::Fresh(request) => {
+                    http::send_error(request, status, &message, None, &[])
+                }
+                Destination::Started(mut writer) => {
+                    let _ = writer.write_chunk(&sse_error(status, &message));
+                    let _ = writer.finish();
+                }
+            }
+            return Outcome::failed(status, 0);
+        }
+    };
     // The lease is given back as soon as the upstream body has been read in full, before the
     // last bytes go to the client: a client that sends its next request the moment this
     // response ends must find the slot free (the release is queued before that request).
     let mut lease = Some(lease);
-    let sent_at = Instant::now();
-    let mut response = None;
-    let mut last_error = None;
-    for _attempt in 0..2 {
-        match send(app, &url, outgoing) {
-            Ok(r) => {
-                response = Some(r);
-                break;
-            }
-            Err(error) => {
-                let retry = matches!(
-                    error,
-                    ureq::Error::Io(_) | ureq::Error::Protocol(_) | ureq::Error::ConnectionFailed
-                );
-                last_error = Some(error);
-                if !retry {
-                    break;
-                }
-            }
-        }
-    }
-    let Some(response) = response else {
-        let error = last_error.expect("no response means an error was recorded");
-        let (status, message) = match &error {
-            ureq::Error::Timeout(_) => (
-                504,
-                format!(
-                    "upstream for model '{model}' did not answer within {}s ({url})",
-                    app.limits().upstream_timeout.as_secs()
-                ),
-            ),
-            _ => (
-                502,
-                format!("upstream for model '{model}' failed: {error} ({url})"),
-            ),
-        };
-        log::warn!("{message}");
-        match destination {
-            Destination::Fresh(request) => http::send_error(request, status, &message, None, &[]),
-            Destination::Started(mut writer) => {
-                let _ = writer.write_chunk(&sse_error(status, &message));
-                let _ = writer.finish();
-            }
-        }
-        return Outcome::failed(status, 0);
-    };
 
-    let status = response.status().as_u16();
+    let status = response.status();
     let is_sse = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
+        .header("content-type")
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let content_length = response
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let content_length = response.content_length();
     let mut writer = match destination {
         Destination::Fresh(request) => {
             let mut headers: Vec<(&str, &str)> = response
                 .headers()
-                .iter()
-                .filter(|(name, _)| !is_hop_by_hop(name.as_str()))
-                .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
+                .filter(|(name, _)| !is_hop_by_hop(name))
                 .collect();
             if is_sse {
                 headers.push(("X-Accel-Buffering", "no"));
@@ -165,10 +160,10 @@ pub fn forward(
 
     // Token usage is read from what passes through, piece by piece; compressed bodies are
     // passed on untouched and not scanned.
-    let compressed = response.headers().contains_key("content-encoding");
+    let compressed = response.header("content-encoding").is_some();
     let mut scanner = (!compressed).then(|| crate::metrics::UsageScanner::new(is_sse));
     let mut time_to_first_token = None;
-    let mut reader = response.into_body().into_reader();
+    let mut reader = response.into_body();
     let mut buffer = vec![0u8; 16 * 1024];
     let mut bytes = 0u64;
     let started = Instant::now();
@@ -217,33 +212,6 @@ pub fn forward(
         bytes,
         usage: scanner.map(|s| s.finish()).unwrap_or_default(),
         time_to_first_token,
-    }
-}
-
-fn send(
-    app: &App,
-    url: &str,
-    outgoing: &Outgoing,
-) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
-    let mut builder = ureq::http::Request::builder()
-        .method(outgoing.method.as_str())
-        .uri(url);
-    for (name, value) in &outgoing.headers {
-        builder = builder.header(name.as_str(), value.as_str());
-    }
-    if outgoing.body.is_empty()
-        && matches!(
-            outgoing.method.as_str(),
-            "GET" | "HEAD" | "DELETE" | "OPTIONS"
-        )
-    {
-        let request = builder.body(()).map_err(ureq::Error::from)?;
-        app.agent.run(request)
-    } else {
-        let request = builder
-            .body(outgoing.body.as_slice())
-            .map_err(ureq::Error::from)?;
-        app.agent.run(request)
     }
 }
 

@@ -28,7 +28,8 @@ pub struct App {
     pub supervisor: Supervisor,
     pub logs: Arc<Logs>,
     pub metrics: Arc<Metrics>,
-    pub agent: ureq::Agent,
+    /// Connections to the upstreams, pooled per upstream.
+    pub upstream: crate::upstream::Client,
     pub local_addr: SocketAddr,
     pub started_at: Instant,
     pub guard: Arc<guard::ConnectionGuard>,
@@ -47,13 +48,12 @@ impl App {
         local_addr: SocketAddr,
         reloads: crossbeam_channel::Sender<crate::reload::ReloadRequest>,
     ) -> App {
-        let agent = upstream_agent(&config.limits);
         App {
             config: RwLock::new(config),
             supervisor,
             logs,
             metrics,
-            agent,
+            upstream: crate::upstream::Client::new(Duration::from_secs(5)),
             local_addr,
             started_at: Instant::now(),
             guard: Arc::new(guard::ConnectionGuard::new()),
@@ -91,25 +91,6 @@ impl App {
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Relaxed)
     }
-}
-
-/// The agent for upstream traffic: statuses are data (a proxy passes 4xx/5xx through), no
-/// automatic headers, bytes unchanged, one connection pool reused by every handler.
-fn upstream_agent(limits: &Limits) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .user_agent(ureq::config::AutoHeaderValue::None)
-        .accept(ureq::config::AutoHeaderValue::None)
-        .accept_encoding(ureq::config::AutoHeaderValue::None)
-        .timeout_connect(Some(Duration::from_secs(5)))
-        .timeout_per_read(Some(limits.upstream_timeout))
-        .max_idle_connections(256)
-        .max_idle_connections_per_host(64)
-        .no_delay(true)
-        .allow_non_standard_methods(true)
-        .build()
-        .new_agent()
 }
 
 /// The client end of one request: enough to notice it left, or to cut it.
