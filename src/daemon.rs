@@ -166,11 +166,6 @@ pub fn run(options: Options) -> Result<(), String> {
     let server_listener = listener
         .try_clone()
         .map_err(|e| format!("cannot share the listening socket: {e}"))?;
-    let server = Arc::new(
-        tiny_http::Server::from_listener(server_listener, None)
-            .map_err(|e| format!("cannot start the HTTP server: {e}"))?,
-    );
-
     let metrics = Arc::new(Metrics::new(config.metrics_max_in_memory));
     let (supervisor, supervisor_thread) =
         Supervisor::start(config.clone(), logs.clone(), metrics.clone());
@@ -184,7 +179,12 @@ pub fn run(options: Options) -> Result<(), String> {
         reload_tx.clone(),
     ));
     app.guard.start(local_addr, config.limits.header_timeout);
-    proxy::serve(app.clone(), server.clone());
+    let server = tiny_http::Server::from_listener_with_handler(
+        server_listener,
+        proxy::handler(app.clone()),
+        proxy::CONNECTION_STACK,
+    )
+    .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
     if !local_addr.ip().is_loopback() {
         log::warn!("listening on {local_addr}, which is reachable from other hosts; set apiKeys");
     }
@@ -230,7 +230,7 @@ pub fn run(options: Options) -> Result<(), String> {
 
     let budget = config.limits.shutdown_timeout;
     let deadline = Instant::now() + budget;
-    proxy::stop_accepting(&app, &server, listener_fd, deadline);
+    proxy::stop_accepting(&app, listener_fd, deadline);
     logs.close_all_subscribers();
     let remaining = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(5);
     if !supervisor.shutdown(remaining) {
@@ -238,6 +238,7 @@ pub fn run(options: Options) -> Result<(), String> {
     }
     let _ = supervisor_thread.join();
     log::info!("swapd stopped");
+    drop(server);
     drop(listener);
     Ok(())
 }

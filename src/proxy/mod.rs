@@ -149,89 +149,49 @@ pub fn bind(address: &str) -> std::io::Result<TcpListener> {
     Ok(listener)
 }
 
-/// Runs handler threads over the server until shutdown. Each thread takes one request at a
-/// time; when the last idle thread takes one, it first starts another, so a long streaming
-/// request never blocks new ones. Idle threads beyond a few exit after a while.
-pub fn serve(app: Arc<App>, server: Arc<tiny_http::Server>) {
-    let idle = Arc::new(AtomicUsize::new(0));
-    spawn_worker(app, server, idle);
+/// Stack size of the connection threads that run the handlers. Handlers keep their buffers on
+/// the heap; this leaves room for serde_json's recursion (its depth limit is 128).
+pub const CONNECTION_STACK: usize = 256 * 1024;
+
+/// The function tiny_http calls for every request, on the thread that reads the request's
+/// connection (one thread per connection, no queue between reading and handling).
+pub fn handler(app: Arc<App>) -> tiny_http::Handler {
+    Arc::new(move |request| handle_one(&app, request))
 }
 
-const MIN_IDLE_WORKERS: usize = 4;
-const WORKER_STACK: usize = 256 * 1024;
-
-fn spawn_worker(app: Arc<App>, server: Arc<tiny_http::Server>, idle: Arc<AtomicUsize>) {
-    idle.fetch_add(1, Ordering::SeqCst);
-    let spawned = thread::Builder::new()
-        .name("http".to_string())
-        .stack_size(WORKER_STACK)
-        .spawn({
-            let idle = idle.clone();
-            move || worker(app, server, idle)
-        });
-    if let Err(error) = spawned {
-        idle.fetch_sub(1, Ordering::SeqCst);
-        log::error!("cannot start an HTTP handler thread: {error}");
+fn handle_one(app: &App, request: tiny_http::Request) {
+    if app.is_shutting_down() {
+        crate::http::send_error(
+            request,
+            503,
+            "swapd is shutting down",
+            Some("shutting_down"),
+            &[("Connection", "close")],
+        );
+        return;
     }
-}
-
-fn worker(app: Arc<App>, server: Arc<tiny_http::Server>, idle: Arc<AtomicUsize>) {
-    loop {
-        if app.is_shutting_down() {
-            idle.fetch_sub(1, Ordering::SeqCst);
-            return;
-        }
-        let request = match server.recv_timeout(Duration::from_secs(30)) {
-            Ok(Some(request)) => request,
-            Ok(None) => {
-                if idle.load(Ordering::SeqCst) > MIN_IDLE_WORKERS {
-                    idle.fetch_sub(1, Ordering::SeqCst);
-                    return;
-                }
-                continue;
-            }
-            Err(_) => {
-                // The listener was shut down (or unblocked): stop taking requests.
-                idle.fetch_sub(1, Ordering::SeqCst);
-                server.unblock();
-                return;
-            }
-        };
-        if idle.fetch_sub(1, Ordering::SeqCst) == 1 {
-            spawn_worker(app.clone(), server.clone(), idle.clone());
-        }
-        let marked = app.guard.begin(request.remote_addr().copied());
-        let active = app.active.fetch_add(1, Ordering::SeqCst) + 1;
-        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            routes::handle(&app, request, active)
-        }));
-        if handled.is_err() {
-            // The request was dropped during unwinding, which makes tiny_http answer 500.
-            log::error!("a request handler panicked; the request got a 500");
-        }
-        app.active.fetch_sub(1, Ordering::SeqCst);
-        drop(marked);
-        idle.fetch_add(1, Ordering::SeqCst);
+    let marked = app.guard.begin(request.remote_addr().copied());
+    let active = app.active.fetch_add(1, Ordering::SeqCst) + 1;
+    let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        routes::handle(app, request, active)
+    }));
+    if handled.is_err() {
+        // The request was dropped during unwinding, which makes tiny_http answer 500.
+        log::error!("a request handler panicked; the request got a 500");
     }
+    app.active.fetch_sub(1, Ordering::SeqCst);
+    drop(marked);
 }
 
 /// Stops taking requests: new connections are refused, idle handler threads exit, requests
 /// in progress go on until they finish or `deadline` passes.
-pub fn stop_accepting(
-    app: &App,
-    server: &tiny_http::Server,
-    listener_fd: RawFd,
-    deadline: Instant,
-) {
+pub fn stop_accepting(app: &App, listener_fd: RawFd, deadline: Instant) {
     app.shutting_down.store(true, Ordering::SeqCst);
     app.guard.stop();
     // SAFETY: shutting down the read side of our listening socket makes accept() fail, which
     // ends tiny_http's accept thread; the descriptor itself stays valid.
     unsafe {
         libc::shutdown(listener_fd, libc::SHUT_RD);
-    }
-    for _ in 0..64 {
-        server.unblock();
     }
     while app.active_requests() > 0 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));

@@ -145,6 +145,9 @@ pub struct Server {
     listening_addr: ListenAddr,
 }
 
+/// swapd: a request handler for [`Server::from_listener_with_handler`].
+pub type Handler = Arc<dyn Fn(Request) + Send + Sync + 'static>;
+
 enum Message {
     Error(IoError),
     NewRequest(Request),
@@ -246,7 +249,28 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        let listener = listener.into();
+        Self::from_listener_inner(listener.into(), ssl_config, None, None)
+    }
+
+    /// swapd: like `from_listener`, but every request is passed to `handler` on the thread
+    /// that reads its connection, instead of going through the queue that `recv()` reads. This
+    /// saves a thread hand-off per request, and each connection needs one thread, not two.
+    /// Connection threads get `stack_size` bytes of stack. `recv()` never returns requests
+    /// from a server built this way.
+    pub fn from_listener_with_handler<L: Into<Listener>>(
+        listener: L,
+        handler: Handler,
+        stack_size: usize,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_inner(listener.into(), None, Some(handler), Some(stack_size))
+    }
+
+    fn from_listener_inner(
+        listener: Listener,
+        ssl_config: Option<SslConfig>,
+        handler: Option<Handler>,
+        stack_size: Option<usize>,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
 
@@ -290,7 +314,7 @@ impl Server {
         let inside_messages = messages.clone();
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
-            let tasks_pool = util::TaskPool::new();
+            let tasks_pool = util::TaskPool::new(stack_size);
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
@@ -323,8 +347,15 @@ impl Server {
                     Ok(client) => {
                         let messages = inside_messages.clone();
                         let mut client = Some(client);
+                        let handler = handler.clone();
                         tasks_pool.spawn(Box::new(move || {
-                            if let Some(client) = client.take() {
+                            if let (Some(client), Some(handler)) = (client.take(), &handler) {
+                                // swapd: the request is handled on this thread, and the next
+                                // one is read when the handler has returned.
+                                for rq in client {
+                                    handler(rq);
+                                }
+                            } else if let Some(client) = client.take() {
                                 // Synchronization is needed for HTTPS requests to avoid a deadlock
                                 if client.secure() {
                                     let (sender, receiver) = mpsc::channel();

@@ -10,6 +10,8 @@ use std::time::Duration;
 /// Any idle thread will automatically die after a few seconds.
 pub struct TaskPool {
     sharing: Arc<Sharing>,
+    // swapd: the stack size of the pool's threads (`None`: the standard library's default).
+    stack_size: Option<usize>,
 }
 
 struct Sharing {
@@ -47,8 +49,9 @@ impl<'a> Drop for Registration<'a> {
 }
 
 impl TaskPool {
-    pub fn new() -> TaskPool {
+    pub fn new(stack_size: Option<usize>) -> TaskPool {
         let pool = TaskPool {
+            stack_size,
             sharing: Arc::new(Sharing {
                 todo: Mutex::new(VecDeque::new()),
                 condvar: Condvar::new(),
@@ -80,7 +83,13 @@ impl TaskPool {
     fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) {
         let sharing = self.sharing.clone();
 
-        thread::spawn(move || {
+        let mut builder = thread::Builder::new();
+        if let Some(size) = self.stack_size {
+            builder = builder.stack_size(size).name("http".to_string());
+        }
+        // swapd: a thread that cannot be started drops its task (the connection is closed)
+        // instead of panicking the accept thread.
+        let spawned = builder.spawn(move || {
             let sharing = sharing;
             let _active_guard = Registration::new(&sharing.active_tasks);
 
@@ -124,6 +133,9 @@ impl TaskPool {
                 task();
             }
         });
+        if let Err(error) = spawned {
+            log::error!("cannot start a connection thread: {}", error);
+        }
     }
 }
 
