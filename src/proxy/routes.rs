@@ -345,6 +345,11 @@ fn proxy_to(
 ) {
     let started = Instant::now();
     let client = client_of_request(app, &request);
+    if let Some(lease) = app.supervisor.try_lease(model_id) {
+        let outcome =
+            forward::forward(app, Destination::Fresh(request), &client, lease, &outgoing);
+        return finished(app, model_id, &outgoing, started, outcome);
+    }
     let mut ticket = app.supervisor.request(model_id);
     let mut request = Some(request);
     let mut loading: Option<LoadingStream> = None;
@@ -408,10 +413,21 @@ fn proxy_to(
         (None, None) => return,
     };
     let outcome = forward::forward(app, destination, &client, lease, &outgoing);
+    finished(app, model_id, &outgoing, started, outcome);
+}
+
+/// Records a forwarded request in the metrics and the access log.
+fn finished(
+    app: &App,
+    model_id: &str,
+    outgoing: &Outgoing,
+    started: Instant,
+    outcome: forward::Outcome,
+) {
     record(
         app,
         model_id,
-        &outgoing,
+        outgoing,
         outcome.status,
         started,
         outcome.usage,

@@ -7,6 +7,7 @@
 //! generation number, so stale reports are recognised and dropped. The loop itself never blocks
 //! except on its own channel.
 
+pub mod gate;
 pub mod health;
 pub mod plan;
 pub mod process;
@@ -14,7 +15,7 @@ pub mod process;
 use std::collections::{HashMap, VecDeque};
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,7 @@ impl std::fmt::Display for AcquireError {
 pub struct Lease {
     model: Arc<str>,
     upstream: Arc<str>,
+    gate: Arc<gate::Gate>,
     tx: Sender<Command>,
 }
 
@@ -78,9 +80,13 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let _ = self.tx.send(Command::Release {
-            model: self.model.clone(),
-        });
+        // The supervisor only needs to hear of the last lease going: that starts the TTL and
+        // lets a waiting swap or reload proceed.
+        if self.gate.release() == 0 {
+            let _ = self.tx.send(Command::Release {
+                model: self.model.clone(),
+            });
+        }
     }
 }
 
@@ -217,11 +223,23 @@ pub struct ReloadSummary {
     pub updated: Vec<String>,
 }
 
+/// What handlers need to take a lease without asking the supervisor (see [`gate`]).
+#[derive(Clone)]
+struct GateEntry {
+    model: Arc<str>,
+    upstream: Arc<str>,
+    gate: Arc<gate::Gate>,
+}
+
+/// The gates of the configured models, published by the supervisor thread (the only writer).
+type Gates = Arc<RwLock<HashMap<String, GateEntry>>>;
+
 /// The handle request handlers hold. Cloning is cheap; the loop ends on `shutdown`.
 #[derive(Clone)]
 pub struct Supervisor {
     tx: Sender<Command>,
     next_id: Arc<AtomicU64>,
+    gates: Gates,
 }
 
 impl Supervisor {
@@ -232,7 +250,8 @@ impl Supervisor {
         metrics: Arc<Metrics>,
     ) -> (Supervisor, thread::JoinHandle<()>) {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let mut state = State::new(config, logs, metrics, tx.clone());
+        let gates = Gates::default();
+        let mut state = State::new(config, logs, metrics, tx.clone(), gates.clone());
         let handle = thread::Builder::new()
             .name("supervisor".to_string())
             .spawn(move || state.run(rx))
@@ -241,9 +260,29 @@ impl Supervisor {
             Supervisor {
                 tx,
                 next_id: Arc::new(AtomicU64::new(1)),
+                gates,
             },
             handle,
         )
+    }
+
+    /// Takes a lease on a ready model without involving the supervisor thread, if its gate is
+    /// open; `None` means: ask with [`Supervisor::request`].
+    pub fn try_lease(&self, model: &str) -> Option<Lease> {
+        let gates = self
+            .gates
+            .read()
+            .expect("the gate registry lock is never held across a panic");
+        let entry = gates.get(model)?;
+        if !entry.gate.try_enter() {
+            return None;
+        }
+        Some(Lease {
+            model: entry.model.clone(),
+            upstream: entry.upstream.clone(),
+            gate: entry.gate.clone(),
+            tx: self.tx.clone(),
+        })
     }
 
     /// Asks for `model` (a configured id, aliases already resolved). The first reply arrives
@@ -348,7 +387,8 @@ struct Slot {
     generation: u64,
     pid: Option<u32>,
     probe_cancel: Option<Arc<AtomicBool>>,
-    inflight: usize,
+    /// Counts the leases out; open while the model is ready and takes new requests.
+    gate: Arc<gate::Gate>,
     waiters: Vec<Waiter>,
     last_used: Instant,
     kill_at: Option<Instant>,
@@ -364,12 +404,12 @@ struct Slot {
 impl Slot {
     fn new(config: Arc<ModelConfig>) -> Slot {
         Slot {
+            gate: Arc::new(gate::Gate::new(config.concurrency_limit)),
             config,
             phase: Phase::Stopped,
             generation: 0,
             pid: None,
             probe_cancel: None,
-            inflight: 0,
             waiters: Vec::new(),
             last_used: Instant::now(),
             kill_at: None,
@@ -382,7 +422,11 @@ impl Slot {
 
     /// Idle: running with nobody using or waiting for it, so it may be stopped for a swap.
     fn idle(&self) -> bool {
-        self.phase == Phase::Ready && self.inflight == 0 && self.waiters.is_empty()
+        self.phase == Phase::Ready && self.gate.inflight() == 0 && self.waiters.is_empty()
+    }
+
+    fn inflight(&self) -> usize {
+        self.gate.inflight()
     }
 
     /// A reload replaced or removed this model: its process takes no new requests.
@@ -402,6 +446,7 @@ struct State {
     shutting_down: bool,
     shutdown_done: Vec<Sender<()>>,
     probe_agent: ureq::Agent,
+    gates: Gates,
 }
 
 /// How long a stop waits for the child after SIGKILL before giving up on it entirely.
@@ -413,6 +458,7 @@ impl State {
         logs: Arc<Logs>,
         metrics: Arc<Metrics>,
         tx: Sender<Command>,
+        gates: Gates,
     ) -> State {
         let slots = config
             .models
@@ -430,6 +476,45 @@ impl State {
             shutting_down: false,
             shutdown_done: Vec::new(),
             probe_agent: health::probe_agent(),
+            gates,
+        }
+        .published()
+    }
+
+    fn published(self) -> State {
+        self.publish_gates();
+        self
+    }
+
+    /// Publishes each model's gate and upstream for [`Supervisor::try_lease`]. Called whenever
+    /// a model is added or removed or its settings change.
+    fn publish_gates(&self) {
+        let entries = self
+            .slots
+            .iter()
+            .map(|(id, slot)| {
+                (
+                    id.clone(),
+                    GateEntry {
+                        model: Arc::from(id.as_str()),
+                        upstream: Arc::from(slot.config.proxy.as_str()),
+                        gate: slot.gate.clone(),
+                    },
+                )
+            })
+            .collect();
+        *self
+            .gates
+            .write()
+            .expect("the gate registry lock is never held across a panic") = entries;
+    }
+
+    /// Opens a ready model's gate unless it must not take new requests.
+    fn open_gate(&self, model: &str) {
+        if let Some(slot) = self.slots.get(model) {
+            if slot.phase == Phase::Ready && !slot.retiring() && !self.shutting_down {
+                slot.gate.open(slot.config.concurrency_limit);
+            }
         }
     }
 
@@ -470,8 +555,8 @@ impl State {
                 }
             }
             Command::Release { model } => {
+                // The gate counted the release; this message says the model went idle.
                 if let Some(slot) = self.slots.get_mut(&*model) {
-                    slot.inflight = slot.inflight.saturating_sub(1);
                     slot.last_used = Instant::now();
                 }
             }
@@ -495,7 +580,7 @@ impl State {
                         model: id.clone(),
                         phase: slot.phase,
                         pid: slot.pid,
-                        inflight: slot.inflight,
+                        inflight: slot.inflight(),
                         queued: slot.waiters.len()
                             + self.queue.iter().filter(|p| &p.model == id).count(),
                     })
@@ -513,6 +598,9 @@ impl State {
                 }
                 self.shutting_down = true;
                 self.shutdown_done.push(done);
+                for slot in self.slots.values() {
+                    slot.gate.close();
+                }
                 for pending in self.queue.drain(..) {
                     let _ = pending
                         .reply
@@ -550,7 +638,7 @@ impl State {
             let _ = reply.send(Reply::Failed(AcquireError::UnknownModel(model)));
             return;
         };
-        let admitted = slot.inflight
+        let admitted = slot.inflight()
             + slot.waiters.len()
             + self.queue.iter().filter(|p| p.model == model).count();
         if admitted >= slot.config.concurrency_limit {
@@ -573,10 +661,11 @@ impl State {
             .slots
             .get_mut(model)
             .expect("grant is only called for configured models");
-        slot.inflight += 1;
+        slot.gate.enter_granted();
         Lease {
             model: Arc::from(model),
             upstream: Arc::from(slot.config.proxy.as_str()),
+            gate: slot.gate.clone(),
             tx: self.tx.clone(),
         }
     }
@@ -644,7 +733,7 @@ impl State {
                                 .send(Reply::Failed(AcquireError::StartFailed(message)));
                         }
                     } else {
-                        if evict.iter().all(|id| self.slots[id].idle()) {
+                        if self.close_all_if_idle(&evict) {
                             self.metrics.record_swap();
                             for id in &evict {
                                 log::info!("swapping: stopping {id} to load {model}");
@@ -657,6 +746,24 @@ impl State {
                 }
             }
         }
+    }
+
+    /// Closes the gates of `models` if every one is idle (a swap may evict them); otherwise
+    /// leaves them all open.
+    fn close_all_if_idle(&self, models: &[String]) -> bool {
+        let mut closed = Vec::new();
+        for id in models {
+            let slot = &self.slots[id];
+            if slot.idle() && slot.gate.close_if_idle() {
+                closed.push(id);
+            } else {
+                for id in closed {
+                    self.open_gate(id);
+                }
+                return false;
+            }
+        }
+        true
     }
 
     fn start(&mut self, model: &str) {
@@ -701,6 +808,7 @@ impl State {
                 slot.last_used = Instant::now();
                 self.metrics
                     .record_start(model, true, slot.spawned_at.elapsed());
+                self.open_gate(model);
                 self.wake_waiters(model);
             }
             Some(endpoint) => {
@@ -735,6 +843,7 @@ impl State {
             "{model} is ready ({:.0} ms after spawn)",
             took.as_secs_f64() * 1000.0
         );
+        self.open_gate(model);
         self.wake_waiters(model);
     }
 
@@ -800,6 +909,7 @@ impl State {
         }
         let previous = slot.phase;
         let spawned_at = slot.spawned_at;
+        slot.gate.close();
         slot.phase = Phase::Stopped;
         slot.kill_at = None;
         slot.stop_waiters.clear();
@@ -837,10 +947,15 @@ impl State {
         if let Some(config) = slot.pending_config.take() {
             log::info!("{model}: new settings from the reload take effect");
             slot.config = config;
+            self.publish_gates();
         }
+        let Some(slot) = self.slots.get_mut(model) else {
+            return;
+        };
         if slot.removed {
             self.fail_waiters(model, AcquireError::UnknownModel(model.to_string()));
             self.slots.remove(model);
+            self.publish_gates();
             let (gone, kept): (Vec<Pending>, Vec<Pending>) =
                 self.queue.drain(..).partition(|p| p.model == model);
             self.queue = kept.into();
@@ -861,7 +976,7 @@ impl State {
             .filter(|(_, slot)| slot.retiring())
             .filter(|(_, slot)| {
                 slot.phase == Phase::Stopped
-                    || (slot.phase == Phase::Ready && slot.inflight == 0 && slot.waiters.is_empty())
+                    || (slot.phase == Phase::Ready && slot.inflight() == 0 && slot.waiters.is_empty())
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -923,6 +1038,15 @@ impl State {
             }
         }
         self.config = config;
+        let ids: Vec<String> = self.slots.keys().cloned().collect();
+        for id in ids {
+            if self.slots[&id].retiring() {
+                self.slots[&id].gate.close();
+            } else {
+                self.open_gate(&id);
+            }
+        }
+        self.publish_gates();
         log::info!(
             "reload: added {:?}, removed {:?}, restarting {:?}, updated in place {:?}",
             summary.added,
@@ -967,6 +1091,7 @@ impl State {
 
     fn begin_stop(&mut self, model: &str, reason: StopReason, grace: Duration) {
         let slot = self.slots.get_mut(model).expect("configured");
+        slot.gate.close();
         if let Some(cancel) = slot.probe_cancel.take() {
             cancel.store(true, Ordering::Relaxed);
         }
@@ -1026,6 +1151,10 @@ impl State {
             }
         }
         for id in expired {
+            // A request may have taken the gate since the deadline was computed.
+            if !self.slots[&id].gate.close_if_idle() {
+                continue;
+            }
             log::info!(
                 "{id}: unloading after {}s idle (ttl)",
                 self.slots[&id].config.ttl.as_secs()
@@ -1063,7 +1192,7 @@ fn same_start(old: &ModelConfig, new: &ModelConfig) -> bool {
 /// When an idle ready model's TTL runs out (none while it is busy or has no TTL).
 fn ttl_deadline(slot: &Slot) -> Option<Instant> {
     let ttl = slot.config.ttl;
-    (slot.phase == Phase::Ready && slot.inflight == 0 && slot.waiters.is_empty() && !ttl.is_zero())
+    (slot.phase == Phase::Ready && slot.inflight() == 0 && slot.waiters.is_empty() && !ttl.is_zero())
         .then(|| slot.last_used + ttl)
 }
 
