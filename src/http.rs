@@ -133,8 +133,7 @@ impl ResponseWriter {
             // One buffer and one write per chunk: frame header, data and trailer go out in a
             // single system call instead of three.
             self.scratch.clear();
-            self.scratch
-                .extend_from_slice(format!("{:X}\r\n", data.len()).as_bytes());
+            let _ = write!(self.scratch, "{:X}\r\n", data.len());
             self.scratch.extend_from_slice(data);
             self.scratch.extend_from_slice(b"\r\n");
             self.inner.write_all(&self.scratch)?;

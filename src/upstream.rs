@@ -28,8 +28,8 @@ const MAX_IDLE_PER_UPSTREAM: usize = 64;
 const MAX_IDLE_AGE: Duration = Duration::from_secs(60);
 /// Largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
-/// Read buffer for the response head and chunk framing; bodies are read into the caller's
-/// buffer directly.
+/// Each connection's read buffer (kept with the connection in the pool, so a request allocates
+/// none); it grows only for a larger response head.
 const READ_BUFFER: usize = 8 * 1024;
 /// Request bodies up to this size are sent in the same write as the head.
 const COALESCE_BODY: usize = 64 * 1024;
@@ -97,6 +97,37 @@ struct Connection {
     stream: TcpStream,
     read_timeout: Option<Duration>,
     idle_since: Instant,
+    /// Bytes read and not yet consumed by the response being read (empty between responses).
+    buffer: Vec<u8>,
+}
+
+/// Reads what the socket has into `buffer`'s spare capacity, without zeroing it first.
+fn read_more(stream: &TcpStream, buffer: &mut Vec<u8>) -> io::Result<usize> {
+    if buffer.len() == buffer.capacity() {
+        buffer.reserve(READ_BUFFER);
+    }
+    let spare = buffer.capacity() - buffer.len();
+    loop {
+        // SAFETY: recv writes at most `spare` bytes into the vector's spare capacity, which is
+        // allocated; exactly the bytes it reports are then marked as initialised.
+        let read = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                buffer.as_mut_ptr().add(buffer.len()) as *mut libc::c_void,
+                spare,
+                0,
+            )
+        };
+        if read >= 0 {
+            // SAFETY: see above; `read <= spare`.
+            unsafe { buffer.set_len(buffer.len() + read as usize) };
+            return Ok(read as usize);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
 }
 
 impl Connection {
@@ -169,12 +200,12 @@ impl Client {
                 .set_read_timeout(read_timeout)
                 .map_err(UpstreamError::Io)?;
             match exchange(&mut connection, &head, request) {
-                Ok((buffer, head_end, parsed)) => {
+                Ok((head_start, head_end, parsed)) => {
                     return Ok(Response::new(
                         self,
                         authority,
                         connection,
-                        buffer,
+                        head_start,
                         head_end,
                         parsed,
                         request.method.eq_ignore_ascii_case("HEAD"),
@@ -260,6 +291,7 @@ impl Client {
                         stream,
                         read_timeout: None,
                         idle_since: Instant::now(),
+                        buffer: Vec::with_capacity(READ_BUFFER),
                     });
                 }
                 Err(error) => last_error = error,
@@ -326,59 +358,45 @@ fn request_head(authority: &str, base_path: &str, request: &Request<'_>) -> Vec<
     head
 }
 
-/// Writes the request and reads until a final (non-1xx) response head is complete.
+/// Writes the request and reads until a final (non-1xx) response head is complete. Returns
+/// where that head starts and ends in the connection's buffer.
 fn exchange(
     connection: &mut Connection,
     head: &[u8],
     request: &Request<'_>,
-) -> Result<(Vec<u8>, usize, ParsedHead), UpstreamError> {
+) -> Result<(usize, usize, ParsedHead), UpstreamError> {
     connection.stream.write_all(head).map_err(io_error)?;
     if let Some(body) = request.body.filter(|body| body.len() > COALESCE_BODY) {
         connection.stream.write_all(body).map_err(io_error)?;
     }
-    let mut buffer = Vec::with_capacity(READ_BUFFER);
+    let buffer = &mut connection.buffer;
+    buffer.clear();
     let mut start = 0;
     loop {
-        let searched_from = buffer.len().saturating_sub(3).max(start);
-        if buffer.len() == buffer.capacity() {
-            if buffer.len() - start >= MAX_HEAD {
-                return Err(UpstreamError::Protocol("response head is too large"));
-            }
-            buffer.reserve(READ_BUFFER);
+        if buffer.len() - start >= MAX_HEAD {
+            return Err(UpstreamError::Protocol("response head is too large"));
         }
-        let spare = buffer.capacity() - buffer.len();
-        let old_len = buffer.len();
-        buffer.resize(old_len + spare, 0);
-        let read = match connection.stream.read(&mut buffer[old_len..]) {
-            Ok(read) => read,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {
-                buffer.truncate(old_len);
-                continue;
-            }
-            Err(error) => {
-                buffer.truncate(old_len);
-                return Err(io_error(error));
-            }
-        };
-        buffer.truncate(old_len + read);
-        if read == 0 && buffer.len() == old_len {
+        let searched_from = buffer.len().saturating_sub(3).max(start);
+        let read = read_more(&connection.stream, buffer).map_err(io_error)?;
+        if read == 0 {
             return Err(UpstreamError::Io(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "connection closed before a response",
             )));
         }
         // A response may be preceded by interim (1xx) responses, which are skipped.
-        while let Some(end) = find_head_end(&buffer, searched_from.min(buffer.len()), start) {
-            let parsed = parse_head(&buffer[start..end])
-                .map_err(UpstreamError::Protocol)?;
+        let mut from = searched_from;
+        while let Some(end) = find_head_end(buffer, from, start) {
+            let parsed = parse_head(&buffer[start..end]).map_err(UpstreamError::Protocol)?;
             if (100..200).contains(&parsed.status) {
                 if parsed.status == 101 {
                     return Err(UpstreamError::Protocol("upstream switched protocols"));
                 }
                 start = end;
+                from = end;
                 continue;
             }
-            return Ok((buffer, end, parsed.relative_to(start)));
+            return Ok((start, end, parsed));
         }
     }
 }
@@ -399,14 +417,6 @@ struct ParsedHead {
     framing: Framing,
     /// (name start, name end, value start, value end), relative to the head's start.
     headers: Vec<(usize, usize, usize, usize)>,
-    offset: usize,
-}
-
-impl ParsedHead {
-    fn relative_to(mut self, start: usize) -> ParsedHead {
-        self.offset = start;
-        self
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -499,15 +509,14 @@ fn parse_head(head: &[u8]) -> Result<ParsedHead, &'static str> {
         keep_alive: !connection_close,
         framing,
         headers,
-        offset: 0,
     })
 }
 
-/// A response whose head has arrived; read the body through [`Response::body`].
+/// A response whose head has arrived; read the body through [`Response::into_body`].
 pub struct Response<'c> {
     status: u16,
+    /// A copy of the head's bytes, which [`ParsedHead::headers`] index.
     head: Vec<u8>,
-    head_end: usize,
     parsed: ParsedHead,
     /// HEAD requests and 204/304 responses have no body whatever the head says.
     no_body: bool,
@@ -519,14 +528,14 @@ impl<'c> Response<'c> {
         client: &'c Client,
         authority: &str,
         connection: Connection,
-        mut buffer: Vec<u8>,
+        head_start: usize,
         head_end: usize,
         parsed: ParsedHead,
         head_request: bool,
     ) -> Response<'c> {
         let status = parsed.status;
         let no_body = head_request || status == 204 || status == 304;
-        let leftover = buffer.split_off(head_end);
+        let head = connection.buffer[head_start..head_end].to_vec();
         let state = match parsed.framing {
             _ if no_body => State::Done,
             Framing::Length(0) => State::Done,
@@ -539,16 +548,14 @@ impl<'c> Response<'c> {
             client,
             authority: authority.to_string(),
             connection: Some(connection),
-            buffer: leftover,
-            position: 0,
+            position: head_end,
             state,
             reusable,
         };
         body.finish_if_done();
         Response {
             status,
-            head: buffer,
-            head_end,
+            head,
             parsed,
             no_body,
             body,
@@ -561,11 +568,10 @@ impl<'c> Response<'c> {
 
     /// The response headers in order, as sent (values that are not UTF-8 are skipped).
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
-        let base = self.parsed.offset;
-        let head = &self.head[..self.head_end];
+        let head = &self.head;
         self.parsed.headers.iter().filter_map(move |&(ns, ne, vs, ve)| {
-            let name = std::str::from_utf8(&head[base + ns..base + ne]).ok()?;
-            let value = std::str::from_utf8(&head[base + vs..base + ve]).ok()?;
+            let name = std::str::from_utf8(&head[ns..ne]).ok()?;
+            let value = std::str::from_utf8(&head[vs..ve]).ok()?;
             Some((name, value))
         })
     }
@@ -609,12 +615,15 @@ enum State {
 
 /// The body of an upstream response, decoded (chunk framing removed). When it has been read to
 /// the end, its connection goes back to the pool; dropped earlier, the connection is closed.
+///
+/// [`Body::chunk`] and [`Body::consume`] hand out the body in place, from the connection's
+/// buffer; `Read` copies.
 pub struct Body<'c> {
     client: &'c Client,
     authority: String,
+    /// `None` once the connection was given back or closed.
     connection: Option<Connection>,
-    /// Bytes read from the socket and not yet consumed, from `position`.
-    buffer: Vec<u8>,
+    /// Where the unconsumed bytes start in the connection's buffer.
     position: usize,
     state: State,
     reusable: bool,
@@ -623,8 +632,9 @@ pub struct Body<'c> {
 impl Body<'_> {
     fn finish_if_done(&mut self) {
         if self.state == State::Done {
-            if let Some(connection) = self.connection.take() {
-                if self.reusable && self.position >= self.buffer.len() {
+            if let Some(mut connection) = self.connection.take() {
+                if self.reusable && self.position >= connection.buffer.len() {
+                    connection.buffer.clear();
                     self.client.give_back(&self.authority, connection);
                 }
             }
@@ -632,39 +642,33 @@ impl Body<'_> {
     }
 
     fn buffered(&self) -> &[u8] {
-        &self.buffer[self.position..]
+        match &self.connection {
+            Some(connection) => &connection.buffer[self.position..],
+            None => &[],
+        }
     }
 
-    /// Reads more from the socket into the internal buffer; `Ok(false)` at end of stream.
+    /// Reads more from the socket into the buffer; `Ok(false)` at end of stream.
     fn fill(&mut self) -> io::Result<bool> {
-        if self.position >= self.buffer.len() {
-            self.buffer.clear();
-            self.position = 0;
-        }
         let Some(connection) = self.connection.as_mut() else {
             return Ok(false);
         };
-        let old_len = self.buffer.len();
-        self.buffer.resize(old_len + READ_BUFFER, 0);
-        match connection.stream.read(&mut self.buffer[old_len..]) {
-            Ok(read) => {
-                self.buffer.truncate(old_len + read);
-                Ok(read > 0)
-            }
-            Err(error) => {
-                self.buffer.truncate(old_len);
-                Err(error)
-            }
+        if self.position >= connection.buffer.len() {
+            connection.buffer.clear();
+            self.position = 0;
+        } else if self.position > 0 {
+            connection.buffer.drain(..self.position);
+            self.position = 0;
         }
+        Ok(read_more(&connection.stream, &mut connection.buffer)? > 0)
     }
 
     /// Takes one CRLF-terminated line out of the buffer, reading more as needed.
     fn line(&mut self) -> io::Result<Vec<u8>> {
         loop {
             if let Some(at) = self.buffered().iter().position(|&b| b == b'\n') {
-                let line = self.buffered()[..at].to_vec();
+                let mut line = self.buffered()[..at].to_vec();
                 self.position += at + 1;
-                let mut line = line;
                 if line.last() == Some(&b'\r') {
                     line.pop();
                 }
@@ -674,25 +678,91 @@ impl Body<'_> {
                 return Err(protocol("chunk framing line is too long"));
             }
             if !self.fill()? {
+                self.connection = None;
                 return Err(truncated());
             }
         }
     }
 
-    /// Copies up to `limit` body bytes into `out`, from the buffer or straight from the socket.
-    fn copy(&mut self, out: &mut [u8], limit: u64) -> io::Result<usize> {
-        let want = out.len().min(usize::try_from(limit).unwrap_or(usize::MAX));
-        let buffered = self.buffered();
-        if !buffered.is_empty() {
-            let n = buffered.len().min(want);
-            out[..n].copy_from_slice(&buffered[..n]);
-            self.position += n;
-            return Ok(n);
+    /// Makes body bytes available in the buffer (reading and removing framing as needed) and
+    /// returns how many, 0 at the end of the body.
+    fn available(&mut self) -> io::Result<usize> {
+        loop {
+            match self.state {
+                State::Done => return Ok(0),
+                State::Length(remaining) | State::ChunkData(remaining) => {
+                    if self.buffered().is_empty() && !self.fill()? {
+                        self.connection = None;
+                        return Err(truncated());
+                    }
+                    let buffered = self.buffered().len() as u64;
+                    return Ok(buffered.min(remaining) as usize);
+                }
+                State::UntilClose => {
+                    if self.buffered().is_empty() && !self.fill()? {
+                        self.state = State::Done;
+                        self.connection = None;
+                        return Ok(0);
+                    }
+                    return Ok(self.buffered().len());
+                }
+                State::ChunkSize => {
+                    let line = self.line()?;
+                    let digits = line.split(|&b| b == b';').next().unwrap_or_default();
+                    let size = std::str::from_utf8(digits)
+                        .ok()
+                        .and_then(|d| u64::from_str_radix(d.trim(), 16).ok())
+                        .ok_or_else(|| protocol("bad chunk size"))?;
+                    self.state = if size == 0 {
+                        State::Trailers
+                    } else {
+                        State::ChunkData(size)
+                    };
+                }
+                State::ChunkEnd => {
+                    if !self.line()?.is_empty() {
+                        return Err(protocol("chunk data is longer than its size"));
+                    }
+                    self.state = State::ChunkSize;
+                }
+                State::Trailers => {
+                    if self.line()?.is_empty() {
+                        self.state = State::Done;
+                        self.finish_if_done();
+                    }
+                }
+            }
         }
-        let Some(connection) = self.connection.as_mut() else {
-            return Ok(0);
-        };
-        connection.stream.read(&mut out[..want])
+    }
+
+    /// The next piece of the body, empty at its end. Call [`Body::consume`] after using it.
+    pub fn chunk(&mut self) -> io::Result<&[u8]> {
+        let available = self.available()?;
+        Ok(&self.buffered()[..available])
+    }
+
+    /// Marks `count` bytes of the last [`Body::chunk`] as used.
+    pub fn consume(&mut self, count: usize) {
+        self.position += count;
+        let count = count as u64;
+        match self.state {
+            State::Length(remaining) => {
+                self.state = if remaining <= count {
+                    State::Done
+                } else {
+                    State::Length(remaining - count)
+                };
+                self.finish_if_done();
+            }
+            State::ChunkData(remaining) => {
+                self.state = if remaining <= count {
+                    State::ChunkEnd
+                } else {
+                    State::ChunkData(remaining - count)
+                };
+            }
+            _ => {}
+        }
     }
 }
 
@@ -709,76 +779,11 @@ fn truncated() -> io::Error {
 
 impl Read for Body<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if out.is_empty() {
-            return Ok(0);
-        }
-        loop {
-            match self.state {
-                State::Done => return Ok(0),
-                State::Length(remaining) => {
-                    let read = self.copy(out, remaining)?;
-                    if read == 0 {
-                        self.connection = None;
-                        return Err(truncated());
-                    }
-                    let remaining = remaining - read as u64;
-                    self.state = if remaining == 0 {
-                        State::Done
-                    } else {
-                        State::Length(remaining)
-                    };
-                    self.finish_if_done();
-                    return Ok(read);
-                }
-                State::UntilClose => {
-                    let read = self.copy(out, u64::MAX)?;
-                    if read == 0 {
-                        self.state = State::Done;
-                        self.connection = None;
-                    }
-                    return Ok(read);
-                }
-                State::ChunkSize => {
-                    let line = self.line()?;
-                    let digits = line.split(|&b| b == b';').next().unwrap_or_default();
-                    let size = std::str::from_utf8(digits)
-                        .ok()
-                        .and_then(|d| u64::from_str_radix(d.trim(), 16).ok())
-                        .ok_or_else(|| protocol("bad chunk size"))?;
-                    self.state = if size == 0 {
-                        State::Trailers
-                    } else {
-                        State::ChunkData(size)
-                    };
-                }
-                State::ChunkData(remaining) => {
-                    let read = self.copy(out, remaining)?;
-                    if read == 0 {
-                        self.connection = None;
-                        return Err(truncated());
-                    }
-                    let remaining = remaining - read as u64;
-                    self.state = if remaining == 0 {
-                        State::ChunkEnd
-                    } else {
-                        State::ChunkData(remaining)
-                    };
-                    return Ok(read);
-                }
-                State::ChunkEnd => {
-                    if !self.line()?.is_empty() {
-                        return Err(protocol("chunk data is longer than its size"));
-                    }
-                    self.state = State::ChunkSize;
-                }
-                State::Trailers => {
-                    if self.line()?.is_empty() {
-                        self.state = State::Done;
-                        self.finish_if_done();
-                    }
-                }
-            }
-        }
+        let chunk = self.chunk()?;
+        let count = chunk.len().min(out.len());
+        out[..count].copy_from_slice(&chunk[..count]);
+        self.consume(count);
+        Ok(count)
     }
 }
 
@@ -902,7 +907,8 @@ mod tests {
         let mut body = response.into_body();
         assert_eq!(read_all(&mut body).unwrap(), b"hello world");
         drop(body);
-        assert_eq!(client.idle.lock().unwrap().get(base.strip_prefix("http://").unwrap()).map(Vec::len), Some(1));
+        let idle = client.idle.lock().unwrap();
+        assert_eq!(idle.get(base.strip_prefix("http://").unwrap()).map(Vec::len), Some(1));
         server.join().unwrap();
     }
 

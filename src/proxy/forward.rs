@@ -7,7 +7,6 @@
 //! saying so. When a stream breaks half-way the client connection is cut, so the client sees an
 //! error instead of waiting forever.
 
-use std::io::Read;
 use std::time::Instant;
 
 use crate::http::{self, ResponseWriter};
@@ -164,17 +163,18 @@ pub fn forward(
     let mut scanner = (!compressed).then(|| crate::metrics::UsageScanner::new(is_sse));
     let mut time_to_first_token = None;
     let mut reader = response.into_body();
-    let mut buffer = vec![0u8; 16 * 1024];
     let mut bytes = 0u64;
     let started = Instant::now();
     loop {
-        match reader.read(&mut buffer) {
-            Ok(0) => {
+        // The body is written from the upstream connection's own buffer: no copy here.
+        match reader.chunk() {
+            Ok([]) => {
                 drop(lease.take());
                 let _ = writer.finish();
                 break;
             }
-            Ok(read) => {
+            Ok(chunk) => {
+                let read = chunk.len();
                 if content_length == Some(bytes + read as u64) {
                     drop(lease.take());
                 }
@@ -183,14 +183,15 @@ pub fn forward(
                 }
                 bytes += read as u64;
                 if let Some(scanner) = scanner.as_mut() {
-                    scanner.feed(&buffer[..read]);
+                    scanner.feed(chunk);
                 }
-                if writer.write_chunk(&buffer[..read]).is_err() {
+                if writer.write_chunk(chunk).is_err() {
                     // The client went away: dropping the reader closes the upstream
                     // connection, and returning drops the lease.
                     log::debug!("client left during the response from '{model}'");
                     break;
                 }
+                reader.consume(read);
             }
             Err(error) => {
                 let message = format!(
