@@ -37,6 +37,9 @@ pub struct App {
     pub reloads: crossbeam_channel::Sender<crate::reload::ReloadRequest>,
     active: AtomicUsize,
     shutting_down: AtomicBool,
+    /// Fault injection for tests: a request for exactly this path makes its handler panic
+    /// (from the environment variable `SWAPD_FAULT_PANIC_PATH`; unset in normal use).
+    pub fault_panic_path: Option<String>,
 }
 
 impl App {
@@ -60,6 +63,9 @@ impl App {
             reloads,
             active: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
+            fault_panic_path: std::env::var("SWAPD_FAULT_PANIC_PATH")
+                .ok()
+                .filter(|path| !path.is_empty()),
         }
     }
 
@@ -176,7 +182,8 @@ fn handle_one(app: &App, request: tiny_http::Request) {
         routes::handle(app, request, active)
     }));
     if handled.is_err() {
-        // The request was dropped during unwinding, which makes tiny_http answer 500.
+        // The request was dropped during unwinding, which makes tiny_http answer a 500 with
+        // swapd's JSON error envelope (see src/vendor/README-swapd.md).
         log::error!("a request handler panicked; the request got a 500");
     }
     app.active.fetch_sub(1, Ordering::SeqCst);

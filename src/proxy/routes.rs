@@ -23,6 +23,9 @@ pub fn handle(app: &App, request: tiny_http::Request, active: usize) {
         None => (url.as_str(), ""),
     };
 
+    if app.fault_panic_path.as_deref() == Some(path) {
+        panic!("fault injection: SWAPD_FAULT_PANIC_PATH matched {path}");
+    }
     if method == "OPTIONS" {
         return preflight(request);
     }

@@ -125,6 +125,11 @@ impl Daemon {
     }
 
     pub fn start_with_args(config: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_with_env(config, extra, &[])
+    }
+
+    /// Starts swapd with extra arguments and environment variables.
+    pub fn start_with_env(config: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = TempDir::new("daemon");
         let config = config
             .replace("{FAKE}", FAKE)
@@ -137,6 +142,7 @@ impl Daemon {
             .arg("--listen")
             .arg("127.0.0.1:0")
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

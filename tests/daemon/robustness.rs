@@ -3,7 +3,7 @@
 //! 4xx/5xx, or a closed connection for unparseable HTTP) and then that a normal request still
 //! succeeds.
 //!
-//! Handler panics cannot be triggered from outside, so there is no test for them here.
+//! Handler panics are triggered through the fault-injection variable `SWAPD_FAULT_PANIC_PATH`.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -2069,4 +2069,44 @@ fn api_keys_never_appear_in_logs() {
             );
         }
     }
+}
+
+#[test]
+fn a_panicking_handler_answers_500_and_swapd_keeps_serving() {
+    let daemon = Daemon::start_with_env(
+        &simple_config(&["m1"], "", ""),
+        &[],
+        &[("SWAPD_FAULT_PANIC_PATH", "/v1/boom")],
+    );
+    let addr = daemon.addr.clone();
+    // Keep-alive: the panicking request and a normal one on the same connection.
+    let mut stream = TcpStream::connect(&addr).expect("connect");
+    stream
+        .write_all(b"GET /v1/boom HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    let raw = read_response(&mut stream, Duration::from_secs(10), Instant::now());
+    assert_eq!(raw.status(), Some(500), "{}", raw.head());
+    assert_error_envelope(&raw, "panicking handler");
+    assert!(
+        raw.text().to_lowercase().contains("content-type: application/json"),
+        "{}",
+        raw.head()
+    );
+    let body = serde_json::to_vec(&chat("m1")).expect("json");
+    stream
+        .write_all(&post_request("/v1/chat/completions", "", &body))
+        .expect("send on the same connection");
+    let raw = read_response(&mut stream, Duration::from_secs(20), Instant::now());
+    assert_eq!(raw.status(), Some(200), "{}", raw.head());
+    // Many panics in a row, on new connections, do not take the daemon down.
+    for _ in 0..20 {
+        let raw = exchange(&addr, &get_request("/v1/boom"), false, Duration::from_secs(10));
+        assert_eq!(raw.status(), Some(500), "{}", raw.head());
+    }
+    assert_still_serving(&daemon, "m1", "20 handler panics");
+    let log = get(&daemon.url("/logs")).body;
+    assert!(
+        log.contains("a request handler panicked"),
+        "the panic is logged: {log}"
+    );
 }

@@ -491,7 +491,14 @@ impl fmt::Debug for Request {
 impl Drop for Request {
     fn drop(&mut self) {
         if self.response_writer.is_some() {
-            let response = Response::empty(500);
+            // swapd: a request dropped without an answer (its handler panicked) gets the
+            // OpenAI-style error envelope that every other swapd error uses.
+            let body: &[u8] = br#"{"error":{"message":"internal error: the request handler failed; see swapd's log","type":"server_error","code":"internal_error"}}"#;
+            let response = Response::from_data(body).with_status_code(500).with_header(
+                "Content-Type: application/json"
+                    .parse::<crate::Header>()
+                    .expect("a constant, valid header"),
+            );
             let _ = self.respond_impl(response); // ignoring any potential error
             if let Some(sender) = self.notify_when_responded.take() {
                 sender.send(()).unwrap();
