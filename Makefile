@@ -55,6 +55,7 @@ fmt-check:
 
 bench:
 	$(CARGO) bench --bench logbuf
+	$(CARGO) bench --bench metrics
 	$(CARGO) bench --bench proxy
 
 # Mixed traffic against three fake models with swaps, disconnects and killed upstreams.

@@ -92,7 +92,11 @@ fn main() {
     let mut check = UsageScanner::new(false);
     check.feed(&body);
     let usage_whole = check.finish();
-    assert_eq!(usage_whole.output, Some(120), "the bench body must be understood");
+    assert_eq!(
+        usage_whole.output,
+        Some(120),
+        "the bench body must be understood"
+    );
 
     let scan_stream = time_ns(2_000, |_| {
         let mut scanner = UsageScanner::new(true);
@@ -106,7 +110,11 @@ fn main() {
         check.feed(chunk);
     }
     let usage_stream = check.finish();
-    assert_eq!(usage_stream.output, Some(100), "the bench stream must be understood");
+    assert_eq!(
+        usage_stream.output,
+        Some(100),
+        "the bench stream must be understood"
+    );
 
     let metrics = Metrics::new(1000);
     let record_ns = time_ns(100_000, |i| record(&metrics, i, usage_whole, i % 2 == 0));

@@ -221,7 +221,10 @@ impl Client {
     }
 
     fn take_idle(&self, authority: &str) -> Option<Connection> {
-        let mut idle = self.idle.lock().expect("the pool lock is never held across a panic");
+        let mut idle = self
+            .idle
+            .lock()
+            .expect("the pool lock is never held across a panic");
         let list = idle.get_mut(authority)?;
         while let Some(connection) = list.pop() {
             if connection.idle_since.elapsed() < MAX_IDLE_AGE && !connection.is_stale() {
@@ -233,7 +236,10 @@ impl Client {
 
     fn give_back(&self, authority: &str, mut connection: Connection) {
         connection.idle_since = Instant::now();
-        let mut idle = self.idle.lock().expect("the pool lock is never held across a panic");
+        let mut idle = self
+            .idle
+            .lock()
+            .expect("the pool lock is never held across a panic");
         if let Some(list) = idle.get_mut(authority) {
             if list.len() < MAX_IDLE_PER_UPSTREAM {
                 list.push(connection);
@@ -445,7 +451,8 @@ fn parse_head(head: &[u8]) -> Result<ParsedHead, &'static str> {
     let mut content_length = None;
     let mut chunked = false;
     let mut connection_close = minor == 0;
-    let mut position = status_line.len() + 1 + usize::from(head.get(status_line.len()) == Some(&b'\r'));
+    let mut position =
+        status_line.len() + 1 + usize::from(head.get(status_line.len()) == Some(&b'\r'));
     for line in lines {
         let line_start = position;
         position += line.len() + 1;
@@ -459,11 +466,15 @@ fn parse_head(head: &[u8]) -> Result<ParsedHead, &'static str> {
             .ok_or("header line without a colon")?;
         let name = &line[..colon];
         let mut value_start = colon + 1;
-        while line.get(value_start).is_some_and(|b| *b == b' ' || *b == b'\t') {
+        while line
+            .get(value_start)
+            .is_some_and(|b| *b == b' ' || *b == b'\t')
+        {
             value_start += 1;
         }
         let mut value_end = line.len();
-        while value_end > value_start && (line[value_end - 1] == b' ' || line[value_end - 1] == b'\t')
+        while value_end > value_start
+            && (line[value_end - 1] == b' ' || line[value_end - 1] == b'\t')
         {
             value_end -= 1;
         }
@@ -569,11 +580,14 @@ impl<'c> Response<'c> {
     /// The response headers in order, as sent (values that are not UTF-8 are skipped).
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
         let head = &self.head;
-        self.parsed.headers.iter().filter_map(move |&(ns, ne, vs, ve)| {
-            let name = std::str::from_utf8(&head[ns..ne]).ok()?;
-            let value = std::str::from_utf8(&head[vs..ve]).ok()?;
-            Some((name, value))
-        })
+        self.parsed
+            .headers
+            .iter()
+            .filter_map(move |&(ns, ne, vs, ve)| {
+                let name = std::str::from_utf8(&head[ns..ne]).ok()?;
+                let value = std::str::from_utf8(&head[vs..ve]).ok()?;
+                Some((name, value))
+            })
     }
 
     /// The first header with this name (case-insensitive).
@@ -795,9 +809,7 @@ mod tests {
 
     /// Serves each accepted connection with `respond(connection_index, request_bytes)` for
     /// every request read on it; an empty answer closes the connection.
-    fn server(
-        answers: Vec<Vec<&'static [u8]>>,
-    ) -> (String, thread::JoinHandle<Vec<Vec<Vec<u8>>>>) {
+    fn server(answers: Vec<Vec<&'static [u8]>>) -> (String, thread::JoinHandle<Vec<Vec<Vec<u8>>>>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let handle = thread::spawn(move || {
@@ -908,7 +920,11 @@ mod tests {
         assert_eq!(read_all(&mut body).unwrap(), b"hello world");
         drop(body);
         let idle = client.idle.lock().unwrap();
-        assert_eq!(idle.get(base.strip_prefix("http://").unwrap()).map(Vec::len), Some(1));
+        assert_eq!(
+            idle.get(base.strip_prefix("http://").unwrap())
+                .map(Vec::len),
+            Some(1)
+        );
         server.join().unwrap();
     }
 
@@ -940,7 +956,10 @@ mod tests {
         // The server thread closes each connection after answering, ending the first body.
         let response = client.send(&base, &get(&[]), None).unwrap();
         assert_eq!(response.content_length(), None);
-        assert_eq!(read_all(&mut response.into_body()).unwrap(), b"rest of stream");
+        assert_eq!(
+            read_all(&mut response.into_body()).unwrap(),
+            b"rest of stream"
+        );
         let response = client.send(&base, &get(&[]), None).unwrap();
         let error = read_all(&mut response.into_body()).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
@@ -962,7 +981,10 @@ mod tests {
         let client = Client::new(Duration::from_secs(2));
         match client.send(&base, &get(&[]), None) {
             Err(UpstreamError::Protocol(_)) => {}
-            other => panic!("expected a protocol error, got {:?}", other.map(|r| r.status())),
+            other => panic!(
+                "expected a protocol error, got {:?}",
+                other.map(|r| r.status())
+            ),
         }
         server.join().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -974,7 +996,10 @@ mod tests {
         drop(listener);
         match client.send(&base, &get(&[]), None) {
             Err(UpstreamError::Connect(_)) => {}
-            other => panic!("expected a connect error, got {:?}", other.map(|r| r.status())),
+            other => panic!(
+                "expected a connect error, got {:?}",
+                other.map(|r| r.status())
+            ),
         }
         assert!(matches!(
             client.send("https://example.com", &get(&[]), None),
@@ -984,7 +1009,10 @@ mod tests {
 
     #[test]
     fn base_urls_split_into_authority_and_path() {
-        assert_eq!(split_base("http://localhost:5800").unwrap(), ("localhost:5800", ""));
+        assert_eq!(
+            split_base("http://localhost:5800").unwrap(),
+            ("localhost:5800", "")
+        );
         assert_eq!(
             split_base("http://127.0.0.1:9/api/").unwrap(),
             ("127.0.0.1:9", "/api")
@@ -994,9 +1022,10 @@ mod tests {
 
     #[test]
     fn response_heads_parse() {
-        let parsed =
-            parse_head(b"HTTP/1.0 404 Not Found\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n")
-                .unwrap();
+        let parsed = parse_head(
+            b"HTTP/1.0 404 Not Found\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!(parsed.status, 404);
         assert!(parsed.keep_alive);
         assert_eq!(parsed.framing, Framing::Length(2));

@@ -96,9 +96,13 @@ pub fn forward(
     let upstream_timeout = app.limits().upstream_timeout;
     // A stale pooled connection is resent inside `send`; this second attempt covers a fresh
     // connection that failed (e.g. an upstream that closes its first connection early).
-    let mut sent = app.upstream.send(lease.upstream(), &request, Some(upstream_timeout));
+    let mut sent = app
+        .upstream
+        .send(lease.upstream(), &request, Some(upstream_timeout));
     if sent.as_ref().is_err_and(|error| error.is_retryable()) {
-        sent = app.upstream.send(lease.upstream(), &request, Some(upstream_timeout));
+        sent = app
+            .upstream
+            .send(lease.upstream(), &request, Some(upstream_timeout));
     }
     let response = match sent {
         Ok(response) => response,

@@ -349,8 +349,7 @@ fn proxy_to(
     let started = Instant::now();
     let client = client_of_request(app, &request);
     if let Some(lease) = app.supervisor.try_lease(model_id) {
-        let outcome =
-            forward::forward(app, Destination::Fresh(request), &client, lease, &outgoing);
+        let outcome = forward::forward(app, Destination::Fresh(request), &client, lease, &outgoing);
         return finished(app, model_id, &outgoing, started, outcome);
     }
     let mut ticket = app.supervisor.request(model_id);

@@ -87,12 +87,10 @@ impl Gate {
             if current & COUNT != 0 {
                 return false;
             }
-            match self.state.compare_exchange_weak(
-                current,
-                0,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            match self
+                .state
+                .compare_exchange_weak(current, 0, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => return true,
                 Err(actual) => current = actual,
             }
@@ -112,7 +110,10 @@ mod tests {
         gate.open(2);
         assert!(gate.try_enter());
         assert!(gate.try_enter());
-        assert!(!gate.try_enter(), "the limit sends the third to the supervisor");
+        assert!(
+            !gate.try_enter(),
+            "the limit sends the third to the supervisor"
+        );
         assert_eq!(gate.inflight(), 2);
         assert_eq!(gate.release(), 1);
         assert!(gate.try_enter());
@@ -146,9 +147,11 @@ mod tests {
             let racers: Vec<_> = (0..4)
                 .map(|_| {
                     let gate = gate.clone();
-                    std::thread::spawn(move || (0..100).for_each(|_| {
-                        gate.try_enter();
-                    }))
+                    std::thread::spawn(move || {
+                        (0..100).for_each(|_| {
+                            gate.try_enter();
+                        })
+                    })
                 })
                 .collect();
             loop {

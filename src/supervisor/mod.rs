@@ -976,7 +976,9 @@ impl State {
             .filter(|(_, slot)| slot.retiring())
             .filter(|(_, slot)| {
                 slot.phase == Phase::Stopped
-                    || (slot.phase == Phase::Ready && slot.inflight() == 0 && slot.waiters.is_empty())
+                    || (slot.phase == Phase::Ready
+                        && slot.inflight() == 0
+                        && slot.waiters.is_empty())
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -1192,8 +1194,11 @@ fn same_start(old: &ModelConfig, new: &ModelConfig) -> bool {
 /// When an idle ready model's TTL runs out (none while it is busy or has no TTL).
 fn ttl_deadline(slot: &Slot) -> Option<Instant> {
     let ttl = slot.config.ttl;
-    (slot.phase == Phase::Ready && slot.inflight() == 0 && slot.waiters.is_empty() && !ttl.is_zero())
-        .then(|| slot.last_used + ttl)
+    (slot.phase == Phase::Ready
+        && slot.inflight() == 0
+        && slot.waiters.is_empty()
+        && !ttl.is_zero())
+    .then(|| slot.last_used + ttl)
 }
 
 /// The last `count` lines of a log, as text.

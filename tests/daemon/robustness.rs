@@ -2088,7 +2088,9 @@ fn a_panicking_handler_answers_500_and_swapd_keeps_serving() {
     assert_eq!(raw.status(), Some(500), "{}", raw.head());
     assert_error_envelope(&raw, "panicking handler");
     assert!(
-        raw.text().to_lowercase().contains("content-type: application/json"),
+        raw.text()
+            .to_lowercase()
+            .contains("content-type: application/json"),
         "{}",
         raw.head()
     );
@@ -2100,7 +2102,12 @@ fn a_panicking_handler_answers_500_and_swapd_keeps_serving() {
     assert_eq!(raw.status(), Some(200), "{}", raw.head());
     // Many panics in a row, on new connections, do not take the daemon down.
     for _ in 0..20 {
-        let raw = exchange(&addr, &get_request("/v1/boom"), false, Duration::from_secs(10));
+        let raw = exchange(
+            &addr,
+            &get_request("/v1/boom"),
+            false,
+            Duration::from_secs(10),
+        );
         assert_eq!(raw.status(), Some(500), "{}", raw.head());
     }
     assert_still_serving(&daemon, "m1", "20 handler panics");
