@@ -22,7 +22,7 @@ use crate::logs::Logs;
 use crate::metrics::Metrics;
 use crate::supervisor::Supervisor;
 
-/// Everything a handler needs, shared by all handler threads.
+/// Everything a handler needs, shared by all connection threads.
 pub struct App {
     config: RwLock<Arc<Config>>,
     pub supervisor: Supervisor,
@@ -190,8 +190,8 @@ fn handle_one(app: &App, request: tiny_http::Request) {
     drop(marked);
 }
 
-/// Stops taking requests: new connections are refused, idle handler threads exit, requests
-/// in progress go on until they finish or `deadline` passes.
+/// Stops taking requests: new connections are refused, new requests on open connections get
+/// 503, requests in progress go on until they finish or `deadline` passes.
 pub fn stop_accepting(app: &App, listener_fd: RawFd, deadline: Instant) {
     app.shutting_down.store(true, Ordering::SeqCst);
     app.guard.stop();
