@@ -1417,9 +1417,9 @@ fn main() {
             "{:.1} MiB ({threads_settled} threads)",
             rss_settled as f64 / 1024.0
         ),
-        "back near idle",
+        "near idle (< idle + 4 MiB)",
         "–",
-        Some(rss_settled < rss_idle + 2048),
+        Some(rss_settled < rss_idle + 4096),
     ));
     rows.push(row(
         &format!("RSS per concurrent streaming connection ({STREAM_CLIENTS} open)"),

@@ -123,6 +123,8 @@ impl TaskPool {
                             };
 
                         if !received && todo.is_empty() {
+                            drop(todo);
+                            release_stack_pages();
                             return;
                         }
                     }
@@ -147,3 +149,40 @@ impl Drop for TaskPool {
         self.sharing.condvar.notify_all();
     }
 }
+
+/// swapd: glibc keeps the stacks of exited threads (up to 40 MiB) for reuse, with every page
+/// they touched still resident, so after a burst of connections swapd's RSS stayed megabytes
+/// above idle. An exiting pool thread therefore hands its stack pages below the current frame
+/// back to the kernel; a thread that reuses the stack gets fresh zero pages on demand.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // swapd: libc calls, see the SAFETY comment.
+fn release_stack_pages() {
+    const PAGE: usize = 4096;
+    // SAFETY: pthread_getattr_np/pthread_attr_getstack fill a local attribute object for this
+    // thread, which is destroyed afterwards. The madvise range lies inside this thread's own
+    // stack and ends two pages below the current frame: everything in it is dead data of frames
+    // that have returned, and MADV_DONTNEED makes the pages read as zero if touched again.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return;
+        }
+        let mut low: *mut libc::c_void = std::ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        let found = libc::pthread_attr_getstack(&attr, &mut low, &mut size) == 0;
+        libc::pthread_attr_destroy(&mut attr);
+        if !found {
+            return;
+        }
+        let marker = 0u8;
+        let current = std::ptr::addr_of!(marker) as usize;
+        let start = (low as usize + PAGE - 1) & !(PAGE - 1);
+        let end = (current & !(PAGE - 1)).saturating_sub(2 * PAGE);
+        if end > start && current < low as usize + size {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn release_stack_pages() {}
