@@ -179,7 +179,8 @@ fn free_port() -> u16 {
 fn free_port_range(count: u16) -> u16 {
     let seed = (std::process::id() % 10_000) as u16;
     for attempt in 0..1000u16 {
-        let base = 30_000 + (seed.wrapping_add(attempt.wrapping_mul(37)) % 20_000);
+        // Below the ephemeral range (32768 and up), which outgoing connections draw from.
+        let base = 20_000 + (seed.wrapping_add(attempt.wrapping_mul(37)) % 12_000);
         if (0..count).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
         }

@@ -61,7 +61,7 @@ trap cleanup EXIT INT TERM
 START_PORT="$(python3 - <<'PY'
 import random, socket
 for _ in range(200):
-    base = random.randint(20000, 50000)
+    base = random.randint(20000, 32000)  # below the ephemeral range (32768 and up)
     sockets = []
     try:
         for port in range(base, base + 3):

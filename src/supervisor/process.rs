@@ -11,6 +11,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use crate::logbuf::LogBuffer;
 
@@ -87,6 +88,9 @@ fn prepare_child(command: &mut Command, die_with_parent: bool) {
     }
 }
 
+/// How long a log reader waits after passing output on before reading again.
+const READ_BATCH_DELAY: Duration = Duration::from_millis(5);
+
 /// Reads a pipe and writes whole lines into the sink. A line longer than the read buffer is
 /// written in pieces; a partial last line is written at end of stream.
 fn start_reader(mut pipe: impl Read + Send + 'static, sink: OutputSink, pid: u32, which: &str) {
@@ -111,6 +115,10 @@ fn start_reader(mut pipe: impl Read + Send + 'static, sink: OutputSink, pid: u32
                 (sink.also)(&buffer[..complete]);
                 buffer.copy_within(complete..filled, 0);
                 filled -= complete;
+                // Lines that arrive in the next few milliseconds are read together: a server
+                // that logs every request would otherwise wake this thread for every line.
+                // The first line after a quiet spell is still passed on at once.
+                thread::sleep(READ_BATCH_DELAY);
             }
             if filled > 0 {
                 sink.model_log.write(&buffer[..filled]);

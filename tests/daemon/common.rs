@@ -41,13 +41,15 @@ impl Drop for TempDir {
     }
 }
 
-/// `count` consecutive free ports, for `startPort`.
+/// `count` consecutive free ports, for `startPort`. They lie below Linux's ephemeral range
+/// (32768 and up), so no outgoing connection can take one between this check and the model's
+/// start.
 pub fn free_port_range(count: u16) -> u16 {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let seed = (std::process::id() as usize * 7919) % 20_000;
+    let seed = (std::process::id() as usize * 7919) % 12_000;
     loop {
         let offset = NEXT.fetch_add(count as usize + 1, Ordering::Relaxed);
-        let base = 20_000 + ((seed + offset) % 30_000) as u16;
+        let base = 20_000 + ((seed + offset) % 12_000) as u16;
         if (0..count).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
         }

@@ -32,6 +32,7 @@ import json
 import math
 import os
 import queue
+import random
 import re
 import shutil
 import signal
@@ -94,10 +95,11 @@ def free_port() -> int:
 
 
 def free_port_block(n: int) -> int:
-    """First port of n consecutive ports that are free right now."""
+    """First port of n consecutive ports that are free right now, below the ephemeral range
+    (32768 and up), so that no outgoing connection can take one before the model starts."""
     for _ in range(200):
-        base = free_port()
-        if base + n < 65535 and all(port_free(base + i) for i in range(n)):
+        base = random.randint(20000, 32000 - n)
+        if all(port_free(base + i) for i in range(n)):
             return base
     raise RuntimeError(f"no block of {n} free ports found")
 

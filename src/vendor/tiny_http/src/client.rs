@@ -2,7 +2,7 @@ use ascii::AsciiString;
 
 use std::io::Error as IoError;
 use std::io::Result as IoResult;
-use std::io::{BufReader, BufWriter, ErrorKind, Read};
+use std::io::{BufRead, BufReader, BufWriter, ErrorKind, Read};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -55,12 +55,12 @@ impl ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
 
-        let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
+        let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(8 * 1024, read_socket));
         let first_header = source.next().unwrap();
 
         ClientConnection {
             source,
-            sink: SequentialWriterBuilder::new(BufWriter::with_capacity(1024, write_socket)),
+            sink: SequentialWriterBuilder::new(BufWriter::with_capacity(8 * 1024, write_socket)),
             remote_addr,
             next_header_source: first_header,
             no_more_requests: false,
@@ -81,29 +81,25 @@ impl ClientConnection {
         // swapd: the original had no limit, so one endless header line was buffered until
         // memory ran out. Lines longer than this are refused (400, connection closed).
         const MAX_LINE: usize = 16 * 1024;
-        let mut buf = Vec::new();
-        let mut prev_byte_was_cr = false;
-
+        // swapd: lines are found in the reader's buffer (one scan per buffer fill) instead of
+        // one byte at a time. A line ends at CRLF; a lone LF stays part of the line.
+        let mut buf = Vec::with_capacity(64);
         loop {
+            let limit = (MAX_LINE + 1 - buf.len().min(MAX_LINE)) as u64;
+            let read = (&mut self.next_header_source)
+                .take(limit)
+                .read_until(b'\n', &mut buf)?;
             if buf.len() > MAX_LINE {
                 return Err(IoError::new(ErrorKind::InvalidData, "header line too long"));
             }
-            let byte = self.next_header_source.by_ref().bytes().next();
-
-            let byte = match byte {
-                Some(b) => b?,
-                None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
-            };
-
-            if byte == b'\n' && prev_byte_was_cr {
-                buf.pop(); // removing the '\r'
+            if read == 0 {
+                return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF"));
+            }
+            if buf.ends_with(b"\r\n") {
+                buf.truncate(buf.len() - 2);
                 return AsciiString::from_ascii(buf)
                     .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
             }
-
-            prev_byte_was_cr = byte == b'\r';
-
-            buf.push(byte);
         }
     }
 
