@@ -5,7 +5,7 @@ SWAPD_CACHE ?= $(HOME)/.cache/swapd
 export SWAPD_CACHE
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: build release run run-fake test test-unit test-e2e e2e-deps lint fmt fmt-check bench soak clean
+.PHONY: build release run run-fake test test-unit test-e2e e2e-deps lint fmt fmt-check bench bench-real soak clean
 
 build:
 	$(CARGO) build --bins
@@ -57,6 +57,10 @@ bench:
 	$(CARGO) bench --bench logbuf
 	$(CARGO) bench --bench metrics
 	$(CARGO) bench --bench proxy
+
+# Throughput through swapd versus direct with a real llama-server (needs the e2e install).
+bench-real: release
+	tests/e2e/throughput.sh
 
 # Mixed traffic against three fake models with swaps, disconnects and killed upstreams.
 soak:
