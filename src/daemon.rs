@@ -325,23 +325,39 @@ fn limit_malloc_arenas() {
     }
 }
 
-/// Every 10 s while no request is in progress, hands memory that malloc keeps free back to the
-/// system, so RSS returns near its idle level after a burst of load.
+/// Once swapd has been idle for a few seconds after serving requests (long enough for the
+/// connection threads of a burst to have exited and handed their caches back), returns the
+/// memory malloc keeps free to the system, so RSS goes back near its idle level.
 fn spawn_memory_trimmer(app: Arc<App>) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
+        const CHECK_EVERY: Duration = Duration::from_secs(2);
+        const IDLE_BEFORE_TRIM: Duration = Duration::from_secs(6);
         let spawned = thread::Builder::new()
             .name("mem-trim".to_string())
             .stack_size(64 * 1024)
-            .spawn(move || loop {
-                thread::sleep(Duration::from_secs(10));
-                if app.is_shutting_down() {
-                    return;
-                }
-                if app.active_requests() == 0 {
-                    // SAFETY: malloc_trim is thread-safe and only returns free pages.
-                    unsafe {
-                        libc::malloc_trim(0);
+            .spawn(move || {
+                let mut served_since_trim = false;
+                let mut idle_since: Option<Instant> = None;
+                loop {
+                    thread::sleep(CHECK_EVERY);
+                    if app.is_shutting_down() {
+                        return;
+                    }
+                    if app.active_requests() > 0 {
+                        served_since_trim = true;
+                        idle_since = None;
+                        continue;
+                    }
+                    let idle = *idle_since.get_or_insert_with(Instant::now);
+                    if served_since_trim && idle.elapsed() >= IDLE_BEFORE_TRIM {
+                        // Upstream connections kept for a burst that is over go too.
+                        app.upstream.close_idle(IDLE_BEFORE_TRIM);
+                        // SAFETY: malloc_trim is thread-safe and only returns free pages.
+                        unsafe {
+                            libc::malloc_trim(0);
+                        }
+                        served_since_trim = false;
                     }
                 }
             });

@@ -249,12 +249,16 @@ impl Client {
         idle.insert(authority.to_string(), vec![connection]);
     }
 
-    /// Closes every idle connection (e.g. after the upstreams were stopped).
-    pub fn clear_idle(&self) {
-        self.idle
+    /// Closes idle connections unused for `max_age` or longer (with their buffers).
+    pub fn close_idle(&self, max_age: Duration) {
+        let mut idle = self
+            .idle
             .lock()
-            .expect("the pool lock is never held across a panic")
-            .clear();
+            .expect("the pool lock is never held across a panic");
+        for list in idle.values_mut() {
+            list.retain(|connection| connection.idle_since.elapsed() < max_age);
+        }
+        idle.retain(|_, list| !list.is_empty());
     }
 
     fn connect(&self, authority: &str) -> Result<Connection, UpstreamError> {
