@@ -11,6 +11,9 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
+/// Chunks up to this size are framed inside the connection's write buffer (see `write_chunk`).
+const SMALL_CHUNK: usize = 4096;
+
 /// A response being written to one client, framed either by `Content-Length` or chunked.
 pub struct ResponseWriter {
     inner: Box<dyn Write + Send + 'static>,
@@ -129,9 +132,22 @@ impl ResponseWriter {
         if data.is_empty() {
             return self.inner.flush();
         }
-        if self.chunked {
-            // One buffer and one write per chunk: frame header, data and trailer go out in a
-            // single system call instead of three.
+        if self.chunked && data.len() <= SMALL_CHUNK {
+            // Small chunks (SSE events, tokens) go through the connection's 8 KiB write buffer
+            // as frame header, data and trailer, and leave in one system call at the flush;
+            // the data is copied once.
+            let mut frame = [0u8; 20];
+            let header = {
+                let mut cursor = io::Cursor::new(&mut frame[..]);
+                let _ = write!(cursor, "{:X}\r\n", data.len());
+                cursor.position() as usize
+            };
+            self.inner.write_all(&frame[..header])?;
+            self.inner.write_all(data)?;
+            self.inner.write_all(b"\r\n")?;
+        } else if self.chunked {
+            // A large chunk would not fit the write buffer with its framing: one buffer and
+            // one write instead of three system calls.
             self.scratch.clear();
             let _ = write!(self.scratch, "{:X}\r\n", data.len());
             self.scratch.extend_from_slice(data);

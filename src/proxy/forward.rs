@@ -154,6 +154,12 @@ pub fn forward(
                 headers.push(("X-Accel-Buffering", "no"));
             }
             match ResponseWriter::start(request, status, &headers, content_length) {
+                // A stream's head goes out at once: the first event may be seconds away
+                // (prompt processing), and clients wait for the head before reading.
+                Ok(mut writer) if is_sse => match writer.write_chunk(&[]) {
+                    Ok(()) => writer,
+                    Err(_) => return Outcome::failed(status, 0),
+                },
                 Ok(writer) => writer,
                 Err(_) => return Outcome::failed(status, 0),
             }
