@@ -22,10 +22,10 @@
 //! precedence over `usage` when both are present.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt::{self, Display, Write as _};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -122,6 +122,24 @@ struct Inner {
     evictions: Vec<(Cow<'static, str>, u64)>,
     rows: VecDeque<Row>,
     next_id: u64,
+    /// Model ids and paths seen in rows, each stored once (at most `MAX_NAMES`).
+    names: HashSet<Arc<str>>,
+}
+
+/// Distinct model ids and paths kept for sharing; `/upstream/...` paths are unbounded, and
+/// beyond this many each row gets its own copy.
+const MAX_NAMES: usize = 256;
+
+/// The shared copy of `name`.
+fn intern(names: &mut HashSet<Arc<str>>, name: &str) -> Arc<str> {
+    if let Some(existing) = names.get(name) {
+        return existing.clone();
+    }
+    let shared: Arc<str> = Arc::from(name);
+    if names.len() < MAX_NAMES {
+        names.insert(shared.clone());
+    }
+    shared
 }
 
 /// The counters of one model.
@@ -189,8 +207,10 @@ impl<const N: usize> Histogram<N> {
 struct Row {
     id: u64,
     unix_millis: u64,
-    model: String,
-    path: String,
+    /// Shared with every other row for the same model or path (see `Inner::names`): a row
+    /// makes no allocation of its own, so the rows kept do not pin scattered heap pages.
+    model: Arc<str>,
+    path: Arc<str>,
     status: u16,
     usage: TokenUsage,
     duration_ms: u64,
@@ -202,8 +222,8 @@ impl Row {
         serde_json::json!({
             "id": self.id,
             "timestamp": format_rfc3339_millis(self.unix_millis),
-            "model": self.model,
-            "path": self.path,
+            "model": &*self.model,
+            "path": &*self.path,
             "status": self.status,
             "input_tokens": count_or_unknown(self.usage.input),
             "output_tokens": count_or_unknown(self.usage.output),
@@ -240,6 +260,7 @@ impl Metrics {
                     .collect(),
                 rows: VecDeque::with_capacity(max_rows.min(DEFAULT_MAX_ROWS)),
                 next_id: 1,
+                names: HashSet::new(),
             }),
             subscribers: Mutex::new(Vec::new()),
             has_subscribers: AtomicBool::new(false),
@@ -267,25 +288,11 @@ impl Metrics {
             usage,
             time_to_first_token,
         } = record;
-        let mut row = Row {
-            id: 0,
-            unix_millis: unix_millis_now(),
-            model,
-            path,
-            status,
-            usage,
-            duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
-        };
-        // The event is built before locking; its id is filled in once known.
-        let event = if self.has_subscribers.load(Ordering::Relaxed) {
-            Some(row.to_json())
-        } else {
-            None
-        };
-
-        let id = {
+        let unix_millis = unix_millis_now();
+        let wants_event = self.has_subscribers.load(Ordering::Relaxed);
+        let (id, event_row) = {
             let mut inner = self.lock();
-            let stats = model_entry(&mut inner.models, &row.model);
+            let stats = model_entry(&mut inner.models, &model);
             match stats.requests.iter_mut().find(|(code, _)| *code == status) {
                 Some((_, count)) => *count += 1,
                 None => stats.requests.push((status, 1)),
@@ -306,19 +313,28 @@ impl Metrics {
             }
             let id = inner.next_id;
             inner.next_id += 1;
-            row.id = id;
+            let row = Row {
+                id,
+                unix_millis,
+                model: intern(&mut inner.names, &model),
+                path: intern(&mut inner.names, &path),
+                status,
+                usage,
+                duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+            };
+            let event_row = wants_event.then(|| row.clone());
             if self.max_rows > 0 {
                 if inner.rows.len() >= self.max_rows {
                     inner.rows.pop_front();
                 }
                 inner.rows.push_back(row);
             }
-            id
+            (id, event_row)
         };
 
-        if let Some(mut event) = event {
-            event["id"] = Value::from(id);
-            self.publish(event);
+        // The event's JSON is built after the lock is released.
+        if let Some(row) = event_row {
+            self.publish(row.to_json());
         }
         id
     }
