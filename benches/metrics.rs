@@ -46,8 +46,8 @@ fn streamed_chunks() -> Vec<Vec<u8>> {
 
 fn record(metrics: &Metrics, i: usize, usage: swapd::metrics::TokenUsage, ttft: bool) {
     metrics.record_request(RequestRecord {
-        model: MODELS[i % MODELS.len()].to_string(),
-        path: "/v1/chat/completions".to_string(),
+        model: MODELS[i % MODELS.len()],
+        path: "/v1/chat/completions",
         status: if i % 50 == 0 { 502 } else { 200 },
         duration: Duration::from_micros(300 + (i % 1000) as u64 * 7),
         usage,

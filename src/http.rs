@@ -78,7 +78,7 @@ impl ResponseWriter {
         };
         let head = &mut writer.scratch;
         head.extend_from_slice(b"HTTP/1.1 ");
-        head.extend_from_slice(status.to_string().as_bytes());
+        let _ = write!(head, "{status}");
         head.push(b' ');
         head.extend_from_slice(reason_phrase(status).as_bytes());
         head.extend_from_slice(b"\r\n");
@@ -96,9 +96,7 @@ impl ResponseWriter {
         }
         match content_length {
             Some(length) => {
-                head.extend_from_slice(b"Content-Length: ");
-                head.extend_from_slice(length.to_string().as_bytes());
-                head.extend_from_slice(b"\r\n");
+                let _ = write!(head, "Content-Length: {length}\r\n");
             }
             None if !head_only => head.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
             None => {}

@@ -64,9 +64,9 @@ const MODEL_STATES: [&str; 4] = ["stopped", "starting", "ready", "stopping"];
 
 /// What is known about one finished request.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RequestRecord {
-    pub model: String,
-    pub path: String,
+pub struct RequestRecord<'a> {
+    pub model: &'a str,
+    pub path: &'a str,
     pub status: u16,
     /// Wall-clock time from admission to the last byte sent.
     pub duration: Duration,
@@ -279,7 +279,7 @@ impl Metrics {
 
     /// Records a finished request and returns the id of its row (ids start at 1 and never
     /// repeat, even after old rows are discarded).
-    pub fn record_request(&self, record: RequestRecord) -> u64 {
+    pub fn record_request(&self, record: RequestRecord<'_>) -> u64 {
         let RequestRecord {
             model,
             path,
@@ -292,7 +292,7 @@ impl Metrics {
         let wants_event = self.has_subscribers.load(Ordering::Relaxed);
         let (id, event_row) = {
             let mut inner = self.lock();
-            let stats = model_entry(&mut inner.models, &model);
+            let stats = model_entry(&mut inner.models, model);
             match stats.requests.iter_mut().find(|(code, _)| *code == status) {
                 Some((_, count)) => *count += 1,
                 None => stats.requests.push((status, 1)),
@@ -316,8 +316,8 @@ impl Metrics {
             let row = Row {
                 id,
                 unix_millis,
-                model: intern(&mut inner.names, &model),
-                path: intern(&mut inner.names, &path),
+                model: intern(&mut inner.names, model),
+                path: intern(&mut inner.names, path),
                 status,
                 usage,
                 duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
@@ -1653,10 +1653,10 @@ mod tests {
     /// One parsed sample line: name, labels and value.
     type Sample = (String, Labels, f64);
 
-    fn record(model: &str, status: u16, millis: u64) -> RequestRecord {
+    fn record(model: &str, status: u16, millis: u64) -> RequestRecord<'_> {
         RequestRecord {
-            model: model.to_owned(),
-            path: "/v1/chat/completions".to_owned(),
+            model,
+            path: "/v1/chat/completions",
             status,
             duration: Duration::from_millis(millis),
             usage: TokenUsage::default(),
@@ -2243,8 +2243,8 @@ mod tests {
         let metrics = Metrics::new(10);
         let before = unix_millis_now();
         metrics.record_request(RequestRecord {
-            model: "llama".into(),
-            path: "/v1/completions".into(),
+            model: "llama",
+            path: "/v1/completions",
             status: 200,
             duration: Duration::from_micros(1_234_567),
             usage: TokenUsage {

@@ -357,9 +357,7 @@ fn request_head(authority: &str, base_path: &str, request: &Request<'_>) -> Vec<
         head.extend_from_slice(b"\r\n");
     }
     if let Some(body) = request.body {
-        head.extend_from_slice(b"Content-Length: ");
-        head.extend_from_slice(body.len().to_string().as_bytes());
-        head.extend_from_slice(b"\r\n");
+        let _ = write!(head, "Content-Length: {}\r\n", body.len());
     }
     head.extend_from_slice(b"\r\n");
     if let Some(body) = small_body {

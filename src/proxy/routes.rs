@@ -131,8 +131,12 @@ pub fn handle(app: &App, request: tiny_http::Request, active: usize) {
 
 /// Whether a path has a `..` segment in any spelling (`..`, `%2e%2E`, `.%2e`, `%2F`-joined).
 fn is_traversal(path: &str) -> bool {
-    let decoded = extract::percent_decode(path);
-    decoded.split(['/', '\\']).any(|segment| segment == "..")
+    let is_dot_dot = |text: &str| text.split(['/', '\\']).any(|segment| segment == "..");
+    if path.contains('%') {
+        is_dot_dot(&extract::percent_decode(path))
+    } else {
+        is_dot_dot(path)
+    }
 }
 
 fn preflight(request: tiny_http::Request) {
@@ -459,10 +463,9 @@ fn record(
         .path_and_query
         .split('?')
         .next()
-        .unwrap_or_default()
-        .to_string();
+        .unwrap_or_default();
     app.metrics.record_request(crate::metrics::RequestRecord {
-        model: model_id.to_string(),
+        model: model_id,
         path,
         status,
         duration: started.elapsed(),
