@@ -6,7 +6,9 @@
 //! benchmarks). Every figure is measured in one run, direct and proxied batches alternating so
 //! that drift (other processes on the machine, CPU frequency) hits both paths alike:
 //!
-//! 1. latency at concurrency 1 (keep-alive, non-streaming chat): p50 / p99, direct vs proxied;
+//! 1. latency at concurrency 1 (keep-alive, non-streaming chat): p50 / p99, direct vs proxied,
+//!    and proxied through a second swapd with per-request metrics off
+//!    (`SWAPD_BENCH_NO_REQUEST_METRICS=1`) to show what the metrics add;
 //! 2. throughput at concurrency 16 and 64 for a fixed duration, plus swapd's CPU per request;
 //! 3. streaming: time to the first `data:` bytes, and the gaps between events;
 //! 4. swap overhead (A, B, A, B with a 300 ms model start) minus the fixture's own start time;
@@ -210,6 +212,10 @@ struct Swapd {
 }
 
 fn start_swapd(config: &str) -> Swapd {
+    start_swapd_with_env(config, &[])
+}
+
+fn start_swapd_with_env(config: &str, env: &[(&str, &str)]) -> Swapd {
     let dir = TempDir::new();
     let path = dir.0.join("config.yaml");
     std::fs::write(&path, config).expect("write config");
@@ -220,6 +226,7 @@ fn start_swapd(config: &str) -> Swapd {
             .arg(&path)
             .arg("--listen")
             .arg("127.0.0.1:0")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped()),
@@ -710,19 +717,19 @@ fn env_f64(name: &str, default: f64) -> f64 {
 // ---------------------------------------------------------------------------------------------
 
 /// Latency at concurrency 1 over one keep-alive connection per path, in alternating batches.
-fn latency(direct: &str, proxied: &str) -> (Vec<f64>, Vec<f64>) {
-    let mut paths = [
-        (
-            Client::connect(direct).expect("connect direct"),
-            chat(direct, "fast"),
-            Vec::new(),
-        ),
-        (
-            Client::connect(proxied).expect("connect proxied"),
-            chat(proxied, "fast"),
-            Vec::new(),
-        ),
-    ];
+/// Latency samples (µs, sorted) for each address, in alternating batches: the order of the
+/// paths rotates from batch to batch so that drift hits all of them alike.
+fn latency(addresses: &[&str]) -> Vec<Vec<f64>> {
+    let mut paths: Vec<(Client, Vec<u8>, Vec<f64>)> = addresses
+        .iter()
+        .map(|addr| {
+            (
+                Client::connect(addr).expect("connect"),
+                chat(addr, "fast"),
+                Vec::new(),
+            )
+        })
+        .collect();
     for (client, request, _) in paths.iter_mut() {
         for _ in 0..WARMUP_REQUESTS {
             let r = client.exchange(request).expect("warm-up request");
@@ -732,14 +739,9 @@ fn latency(direct: &str, proxied: &str) -> (Vec<f64>, Vec<f64>) {
     let mut done = 0;
     while done < LATENCY_REQUESTS {
         let batch = LATENCY_BATCH.min(LATENCY_REQUESTS - done);
-        // Alternate which path goes first as well.
-        let order: [usize; 2] = if (done / LATENCY_BATCH) % 2 == 0 {
-            [0, 1]
-        } else {
-            [1, 0]
-        };
-        for which in order {
-            let (client, request, samples) = &mut paths[which];
+        let first = (done / LATENCY_BATCH) % paths.len();
+        for k in 0..paths.len() {
+            let (client, request, samples) = &mut paths[(first + k) % addresses.len()];
             for _ in 0..batch {
                 let started = Instant::now();
                 let r = client.exchange(request).expect("latency request");
@@ -751,8 +753,7 @@ fn latency(direct: &str, proxied: &str) -> (Vec<f64>, Vec<f64>) {
         }
         done += batch;
     }
-    let [(_, _, d), (_, _, p)] = paths;
-    (sorted(d), sorted(p))
+    paths.into_iter().map(|(_, _, v)| sorted(v)).collect()
 }
 
 struct LoadResult {
@@ -1194,15 +1195,37 @@ fn main() {
     }
 
     // ---- 1. Latency ----
-    let (lat_d, lat_p) = latency(&direct, &proxied);
+    // A second swapd with per-request metrics off (token scanning, counters, rows) runs as a
+    // third path, to show what the metrics add to latency (issue 5).
+    let bare_port = free_port_range(2);
+    let bare = start_swapd_with_env(
+        &config.replace(
+            &format!("startPort: {start_port}"),
+            &format!("startPort: {bare_port}"),
+        ),
+        &[("SWAPD_BENCH_NO_REQUEST_METRICS", "1")],
+    );
+    one_shot(&bare.addr, &chat(&bare.addr, "fast")).expect("first request without metrics");
+    let mut samples = latency(&[&direct, &proxied, &bare.addr]).into_iter();
+    let (lat_d, lat_p, lat_bare) = (
+        samples.next().expect("direct samples"),
+        samples.next().expect("proxied samples"),
+        samples.next().expect("samples without metrics"),
+    );
+    drop(bare);
     proxied_total += (WARMUP_REQUESTS + LATENCY_REQUESTS) as u64;
     let (d50, d99) = (percentile(&lat_d, 50.0), percentile(&lat_d, 99.0));
     let (p50, p99) = (percentile(&lat_p, 50.0), percentile(&lat_p, 99.0));
+    let (b50, b99) = (percentile(&lat_bare, 50.0), percentile(&lat_bare, 99.0));
     println!();
     println!("## 1. latency, concurrency 1, {LATENCY_REQUESTS} requests per path (µs)");
     println!("| path | p50 | p90 | p99 | p99.9 |");
     println!("|---|---|---|---|---|");
-    for (name, v) in [("direct", &lat_d), ("proxied", &lat_p)] {
+    for (name, v) in [
+        ("direct", &lat_d),
+        ("proxied", &lat_p),
+        ("proxied, request metrics off", &lat_bare),
+    ] {
         println!(
             "| {name} | {:.0} | {:.0} | {:.0} | {:.0} |",
             percentile(v, 50.0),
@@ -1212,6 +1235,13 @@ fn main() {
         );
     }
     println!("added: p50 {:+.0} µs, p99 {:+.0} µs", p50 - d50, p99 - d99);
+    println!(
+        "added with request metrics off: p50 {:+.0} µs, p99 {:+.0} µs; metrics on minus off: p50 {:+.0} µs, p99 {:+.0} µs",
+        b50 - d50,
+        b99 - d99,
+        p50 - b50,
+        p99 - b99
+    );
     rows.push(row(
         "added latency p50 (c=1)",
         format!("{:+.0} µs ({d50:.0} → {p50:.0})", p50 - d50),
@@ -1225,6 +1255,13 @@ fn main() {
         "< 150 µs",
         "+532 µs",
         Some(p99 - d99 < 150.0),
+    ));
+    rows.push(row(
+        "added latency p50 / p99 with request metrics off",
+        format!("{:+.0} / {:+.0} µs", b50 - d50, b99 - d99),
+        "(metrics on should not add measurably)",
+        "–",
+        None,
     ));
 
     // ---- 3. Streaming (before the heavy load, while the machine is quiet) ----

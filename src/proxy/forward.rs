@@ -170,7 +170,8 @@ pub fn forward(
     // Token usage is read from what passes through, piece by piece; compressed bodies are
     // passed on untouched and not scanned.
     let compressed = response.header("content-encoding").is_some();
-    let mut scanner = (!compressed).then(|| crate::metrics::UsageScanner::new(is_sse));
+    let mut scanner =
+        (app.request_metrics && !compressed).then(|| crate::metrics::UsageScanner::new(is_sse));
     let mut time_to_first_token = None;
     let mut reader = response.into_body();
     let mut bytes = 0u64;

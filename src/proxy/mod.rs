@@ -40,6 +40,9 @@ pub struct App {
     /// Fault injection for tests: a request for exactly this path makes its handler panic
     /// (from the environment variable `SWAPD_FAULT_PANIC_PATH`; unset in normal use).
     pub fault_panic_path: Option<String>,
+    /// Per-request metrics (token scanning, counters, rows). Only the proxy benchmark turns
+    /// them off (`SWAPD_BENCH_NO_REQUEST_METRICS=1`), to measure what they add to latency.
+    pub request_metrics: bool,
 }
 
 impl App {
@@ -66,6 +69,7 @@ impl App {
             fault_panic_path: std::env::var("SWAPD_FAULT_PANIC_PATH")
                 .ok()
                 .filter(|path| !path.is_empty()),
+            request_metrics: std::env::var_os("SWAPD_BENCH_NO_REQUEST_METRICS").is_none(),
         }
     }
 

@@ -459,6 +459,9 @@ fn record(
     usage: crate::metrics::TokenUsage,
     time_to_first_token: Option<Duration>,
 ) {
+    if !app.request_metrics {
+        return;
+    }
     let path = outgoing
         .path_and_query
         .split('?')
