@@ -136,7 +136,8 @@ pub fn forward(
     };
     // The lease is given back as soon as the upstream body has been read in full, before the
     // last bytes go to the client: a client that sends its next request the moment this
-    // response ends must find the slot free (the release is queued before that request).
+    // response ends must find the slot free (the gate counts the release before that request
+    // can arrive).
     let mut lease = Some(lease);
 
     let status = response.status();
