@@ -220,18 +220,20 @@ impl Client {
         }
     }
 
+    /// The most recently used idle connection that is still open (checked outside the lock,
+    /// since the check is a system call).
     fn take_idle(&self, authority: &str) -> Option<Connection> {
-        let mut idle = self
-            .idle
-            .lock()
-            .expect("the pool lock is never held across a panic");
-        let list = idle.get_mut(authority)?;
-        while let Some(connection) = list.pop() {
+        loop {
+            let connection = self
+                .idle
+                .lock()
+                .expect("the pool lock is never held across a panic")
+                .get_mut(authority)?
+                .pop()?;
             if connection.idle_since.elapsed() < MAX_IDLE_AGE && !connection.is_stale() {
                 return Some(connection);
             }
         }
-        None
     }
 
     fn give_back(&self, authority: &str, mut connection: Connection) {
