@@ -162,8 +162,7 @@ impl Connection {
     }
 }
 
-/// The connection pool and address cache shared by all handler threads.
-#[derive(Default)]
+/// The connection pool and address cache shared by all connection threads.
 pub struct Client {
     idle: Mutex<HashMap<String, Vec<Connection>>>,
     addresses: Mutex<HashMap<String, Arc<[SocketAddr]>>>,

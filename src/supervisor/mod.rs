@@ -252,6 +252,7 @@ impl Supervisor {
         let (tx, rx) = crossbeam_channel::unbounded();
         let gates = Gates::default();
         let mut state = State::new(config, logs, metrics, tx.clone(), gates.clone());
+        state.publish_gates();
         let handle = thread::Builder::new()
             .name("supervisor".to_string())
             .spawn(move || state.run(rx))
@@ -478,12 +479,6 @@ impl State {
             probe_agent: health::probe_agent(),
             gates,
         }
-        .published()
-    }
-
-    fn published(self) -> State {
-        self.publish_gates();
-        self
     }
 
     /// Publishes each model's gate and upstream for [`Supervisor::try_lease`]. Called whenever
