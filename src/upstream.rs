@@ -86,8 +86,9 @@ pub struct Request<'a> {
     pub method: &'a str,
     /// Path and query, e.g. `/v1/chat/completions` or `/slots?id=1`.
     pub path_and_query: &'a str,
-    /// Headers to send besides `Host` and `Content-Length` (which this client writes).
-    pub headers: &'a [(String, String)],
+    /// Header lines to send besides `Host` and `Content-Length` (which this client writes),
+    /// each `Name: value\r\n`, sent as they are.
+    pub headers: &'a [u8],
     /// `None` sends no body and no `Content-Length`.
     pub body: Option<&'a [u8]>,
 }
@@ -337,11 +338,7 @@ fn request_head(authority: &str, base_path: &str, request: &Request<'_>) -> Vec<
     let small_body = request.body.filter(|body| body.len() <= COALESCE_BODY);
     let mut head = Vec::with_capacity(
         256 + request.path_and_query.len()
-            + request
-                .headers
-                .iter()
-                .map(|(n, v)| n.len() + v.len() + 4)
-                .sum::<usize>()
+            + request.headers.len()
             + small_body.map_or(0, |b| b.len()),
     );
     head.extend_from_slice(request.method.as_bytes());
@@ -351,12 +348,7 @@ fn request_head(authority: &str, base_path: &str, request: &Request<'_>) -> Vec<
     head.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     head.extend_from_slice(authority.as_bytes());
     head.extend_from_slice(b"\r\n");
-    for (name, value) in request.headers {
-        head.extend_from_slice(name.as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
+    head.extend_from_slice(request.headers);
     if let Some(body) = request.body {
         let _ = write!(head, "Content-Length: {}\r\n", body.len());
     }
@@ -855,7 +847,7 @@ mod tests {
         (base, handle)
     }
 
-    fn get<'a>(headers: &'a [(String, String)]) -> Request<'a> {
+    fn get(headers: &[u8]) -> Request<'_> {
         Request {
             method: "GET",
             path_and_query: "/x?a=%20b",
@@ -883,8 +875,7 @@ mod tests {
             b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\nbye",
         ]]);
         let client = Client::new(Duration::from_secs(2));
-        let headers = vec![("X-Test".to_string(), "yes".to_string())];
-        let response = client.send(&base, &get(&headers), None).unwrap();
+        let response = client.send(&base, &get(b"X-Test: yes\r\n"), None).unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(response.header("x-a"), Some("1"));
         assert_eq!(response.content_length(), Some(5));
@@ -894,7 +885,7 @@ mod tests {
         let post = Request {
             method: "POST",
             path_and_query: "/y",
-            headers: &[],
+            headers: b"",
             body: Some(b"{\"a\":1}"),
         };
         let response = client.send(&base, &post, None).unwrap();
@@ -916,7 +907,7 @@ mod tests {
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nT: 1\r\n\r\n",
         ]]);
         let client = Client::new(Duration::from_secs(2));
-        let response = client.send(&base, &get(&[]), None).unwrap();
+        let response = client.send(&base, &get(b""), None).unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(response.content_length(), None);
         let mut body = response.into_body();
@@ -940,9 +931,9 @@ mod tests {
             vec![b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb"],
         ]);
         let client = Client::new(Duration::from_secs(2));
-        let response = client.send(&base, &get(&[]), None).unwrap();
+        let response = client.send(&base, &get(b""), None).unwrap();
         assert_eq!(read_all(&mut response.into_body()).unwrap(), b"a");
-        let response = client.send(&base, &get(&[]), None).unwrap();
+        let response = client.send(&base, &get(b""), None).unwrap();
         assert_eq!(read_all(&mut response.into_body()).unwrap(), b"b");
         let seen = server.join().unwrap();
         assert_eq!(seen.len(), 2);
@@ -957,19 +948,19 @@ mod tests {
         ]);
         let client = Client::new(Duration::from_secs(2));
         // The server thread closes each connection after answering, ending the first body.
-        let response = client.send(&base, &get(&[]), None).unwrap();
+        let response = client.send(&base, &get(b""), None).unwrap();
         assert_eq!(response.content_length(), None);
         assert_eq!(
             read_all(&mut response.into_body()).unwrap(),
             b"rest of stream"
         );
-        let response = client.send(&base, &get(&[]), None).unwrap();
+        let response = client.send(&base, &get(b""), None).unwrap();
         let error = read_all(&mut response.into_body()).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
         let head = Request {
             method: "HEAD",
             path_and_query: "/",
-            headers: &[],
+            headers: b"",
             body: None,
         };
         let response = client.send(&base, &head, None).unwrap();
@@ -982,7 +973,7 @@ mod tests {
     fn garbage_and_silence_are_errors() {
         let (base, server) = server(vec![vec![b"SSH-2.0-OpenSSH\r\n\r\n"]]);
         let client = Client::new(Duration::from_secs(2));
-        match client.send(&base, &get(&[]), None) {
+        match client.send(&base, &get(b""), None) {
             Err(UpstreamError::Protocol(_)) => {}
             other => panic!(
                 "expected a protocol error, got {:?}",
@@ -992,12 +983,12 @@ mod tests {
         server.join().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        match client.send(&base, &get(&[]), Some(Duration::from_millis(100))) {
+        match client.send(&base, &get(b""), Some(Duration::from_millis(100))) {
             Err(UpstreamError::Timeout) => {}
             other => panic!("expected a timeout, got {:?}", other.map(|r| r.status())),
         }
         drop(listener);
-        match client.send(&base, &get(&[]), None) {
+        match client.send(&base, &get(b""), None) {
             Err(UpstreamError::Connect(_)) => {}
             other => panic!(
                 "expected a connect error, got {:?}",
@@ -1005,7 +996,7 @@ mod tests {
             ),
         }
         assert!(matches!(
-            client.send("https://example.com", &get(&[]), None),
+            client.send("https://example.com", &get(b""), None),
             Err(UpstreamError::BadUrl(_))
         ));
     }

@@ -20,8 +20,9 @@ pub struct Outgoing {
     pub method: String,
     /// Path and query, e.g. `/v1/chat/completions` or `/slots?id=1`.
     pub path_and_query: String,
-    /// Client headers to pass on (hop-by-hop, Host and Content-Length already removed).
-    pub headers: Vec<(String, String)>,
+    /// Client header lines to pass on, each `Name: value\r\n` (hop-by-hop, Host and
+    /// Content-Length already removed).
+    pub headers: Vec<u8>,
     pub body: Vec<u8>,
 }
 

@@ -242,14 +242,21 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Client headers to pass upstream: everything except hop-by-hop ones.
-fn forwarded_headers(request: &tiny_http::Request) -> Vec<(String, String)> {
-    request
-        .headers()
-        .iter()
-        .filter(|h| !forward::is_hop_by_hop(h.field.as_str().as_str()))
-        .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
-        .collect()
+/// Client headers to pass upstream (everything except hop-by-hop ones), as the header lines
+/// they will be sent as: one buffer instead of two strings per header.
+fn forwarded_headers(request: &tiny_http::Request) -> Vec<u8> {
+    let mut lines = Vec::with_capacity(256);
+    for header in request.headers() {
+        let name = header.field.as_str().as_str();
+        if forward::is_hop_by_hop(name) {
+            continue;
+        }
+        lines.extend_from_slice(name.as_bytes());
+        lines.extend_from_slice(b": ");
+        lines.extend_from_slice(header.value.as_str().as_bytes());
+        lines.extend_from_slice(b"\r\n");
+    }
+    lines
 }
 
 fn body_error(request: tiny_http::Request, too_large: bool, limit: usize) {
