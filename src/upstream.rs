@@ -66,7 +66,7 @@ impl std::error::Error for UpstreamError {}
 
 impl UpstreamError {
     /// Whether sending again on a fresh connection may succeed.
-    pub fn is_retryable(&self) -> bool {
+    fn is_retryable(&self) -> bool {
         matches!(
             self,
             UpstreamError::Connect(_) | UpstreamError::Io(_) | UpstreamError::Protocol(_)
@@ -189,12 +189,27 @@ impl Client {
     ) -> Result<Response<'_>, UpstreamError> {
         let (authority, base_path) = split_base(base)?;
         let head = request_head(authority, base_path, request);
-        // Stale pooled connections are dropped and the request goes out again; only a fresh
-        // connection's failure is the upstream's answer.
+        // A reused connection that fails before the response is a stale one: the request goes
+        // out again. A fresh connection that fails gets one more try on another fresh one (an
+        // upstream may close its first connection early); a second such failure is the answer.
+        let mut fresh_failed = false;
         loop {
-            let (mut connection, reused) = match self.take_idle(authority) {
+            let pooled = if fresh_failed {
+                None
+            } else {
+                self.take_idle(authority)
+            };
+            let (mut connection, reused) = match pooled {
                 Some(connection) => (connection, true),
-                None => (self.connect(authority)?, false),
+                None => match self.connect(authority) {
+                    Ok(connection) => (connection, false),
+                    Err(error) if !fresh_failed => {
+                        fresh_failed = true;
+                        log::debug!("connecting to {authority} failed ({error}); trying again");
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                },
             };
             connection
                 .set_read_timeout(read_timeout)
@@ -213,6 +228,11 @@ impl Client {
                 }
                 Err(error) if reused && error.is_retryable() => {
                     log::debug!("pooled connection to {authority} was closed; sending again");
+                    continue;
+                }
+                Err(error) if !fresh_failed && error.is_retryable() => {
+                    log::debug!("new connection to {authority} failed ({error}); sending again");
+                    fresh_failed = true;
                     continue;
                 }
                 Err(error) => return Err(error),
@@ -940,6 +960,26 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_new_connection_is_tried_once_more() {
+        // The first connection takes the request and closes without an answer.
+        let (base, first) = server(vec![
+            vec![b""],
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"],
+        ]);
+        let client = Client::new(Duration::from_secs(2));
+        let response = client.send(&base, &get(b""), None).unwrap();
+        assert_eq!(read_all(&mut response.into_body()).unwrap(), b"ok");
+        assert_eq!(first.join().unwrap().len(), 2);
+        // Twice in a row is the upstream's answer.
+        let (base, second) = server(vec![vec![b""], vec![b""]]);
+        assert!(matches!(
+            client.send(&base, &get(b""), None),
+            Err(UpstreamError::Io(_))
+        ));
+        assert_eq!(second.join().unwrap().len(), 2);
+    }
+
+    #[test]
     fn body_until_close_and_truncation_and_head_requests() {
         let (base, server) = server(vec![
             vec![b"HTTP/1.1 200 OK\r\n\r\nrest of stream"],
@@ -971,7 +1011,11 @@ mod tests {
 
     #[test]
     fn garbage_and_silence_are_errors() {
-        let (base, server) = server(vec![vec![b"SSH-2.0-OpenSSH\r\n\r\n"]]);
+        // Garbage on the first connection and on the one retry.
+        let (base, server) = server(vec![
+            vec![b"SSH-2.0-OpenSSH\r\n\r\n"],
+            vec![b"SSH-2.0-OpenSSH\r\n\r\n"],
+        ]);
         let client = Client::new(Duration::from_secs(2));
         match client.send(&base, &get(b""), None) {
             Err(UpstreamError::Protocol(_)) => {}

@@ -95,16 +95,10 @@ pub fn forward(
         .then_some(outgoing.body.as_slice()),
     };
     let upstream_timeout = app.limits().upstream_timeout;
-    // A stale pooled connection is resent inside `send`; this second attempt covers a fresh
-    // connection that failed (e.g. an upstream that closes its first connection early).
-    let mut sent = app
+    // `send` resends on a stale pooled connection and retries a failed new one once.
+    let sent = app
         .upstream
         .send(lease.upstream(), &request, Some(upstream_timeout));
-    if sent.as_ref().is_err_and(|error| error.is_retryable()) {
-        sent = app
-            .upstream
-            .send(lease.upstream(), &request, Some(upstream_timeout));
-    }
     let response = match sent {
         Ok(response) => response,
         Err(error) => {

@@ -174,16 +174,6 @@ pub fn handler(app: Arc<App>) -> tiny_http::Handler {
 }
 
 fn handle_one(app: &App, request: tiny_http::Request) {
-    if app.is_shutting_down() {
-        crate::http::send_error(
-            request,
-            503,
-            "swapd is shutting down",
-            Some("shutting_down"),
-            &[("Connection", "close")],
-        );
-        return;
-    }
     let marked = app.guard.begin(request.remote_addr().copied());
     let active = app.active.fetch_add(1, Ordering::SeqCst) + 1;
     let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
