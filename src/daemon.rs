@@ -11,6 +11,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{self, App};
 use crate::reload::{self, ReloadRequest};
 use crate::supervisor::Supervisor;
+use crate::systemd;
 
 /// What the command line asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +123,11 @@ fn level_filter(level: LogLevel) -> log::LevelFilter {
 
 /// Runs the daemon until SIGTERM or SIGINT. Returns an error message for exit code 1.
 pub fn run(options: Options) -> Result<(), String> {
+    // The systemd variables are read (and removed) before any thread exists, since removing
+    // environment variables races with threads reading them.
+    let (notifier, notify_problem) = systemd::Notifier::from_environment();
+    let notifier = Arc::new(notifier);
+    let activation = systemd::activated_listener()?;
     let signals = block_signals();
     let loaded = config::load(std::path::Path::new(&options.config)).map_err(|e| e.to_string())?;
     for warning in &loaded.warnings {
@@ -148,6 +154,7 @@ pub fn run(options: Options) -> Result<(), String> {
         logs: logs.clone(),
         level,
         time_format: config.log_time_format.clone(),
+        format: config.log_format,
     };
     if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(level);
@@ -158,8 +165,26 @@ pub fn run(options: Options) -> Result<(), String> {
     raise_open_file_limit();
     limit_malloc_arenas();
 
-    let listener = proxy::bind(&options.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", options.listen))?;
+    if let Some(problem) = notify_problem {
+        log::warn!("systemd notifications are off: {problem}");
+    }
+    // With socket activation systemd holds the port (across restarts too) and passes the
+    // listening socket; otherwise swapd binds its own.
+    let activated = activation.is_some();
+    let listener = match activation {
+        Some(activation) => {
+            if activation.passed > 1 {
+                log::warn!(
+                    "systemd passed {} sockets; swapd uses only the first",
+                    activation.passed
+                );
+            }
+            log::info!("using the listening socket passed by systemd; --listen is ignored");
+            activation.listener
+        }
+        None => proxy::bind(&options.listen)
+            .map_err(|e| format!("cannot listen on {}: {e}", options.listen))?,
+    };
     let local_addr = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
@@ -168,8 +193,12 @@ pub fn run(options: Options) -> Result<(), String> {
         .try_clone()
         .map_err(|e| format!("cannot share the listening socket: {e}"))?;
     let metrics = Arc::new(Metrics::new(config.metrics_max_in_memory));
-    let (supervisor, supervisor_thread) =
-        Supervisor::start(config.clone(), logs.clone(), metrics.clone());
+    let (supervisor, supervisor_thread) = Supervisor::start_with_notifier(
+        config.clone(),
+        logs.clone(),
+        metrics.clone(),
+        notifier.clone(),
+    );
     let (reload_tx, reload_rx) = crossbeam_channel::unbounded();
     let app = Arc::new(App::new(
         config.clone(),
@@ -181,12 +210,12 @@ pub fn run(options: Options) -> Result<(), String> {
     ));
     app.guard.start(local_addr, config.limits.header_timeout);
     spawn_memory_trimmer(app.clone());
-    let server = tiny_http::Server::from_listener_with_handler(
+    let mut server = Some(tiny_http::Server::from_listener_with_handler(
         server_listener,
         proxy::handler(app.clone()),
         proxy::CONNECTION_STACK,
     )
-    .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
+    .map_err(|e| format!("cannot start the HTTP server: {e}"))?);
     if !local_addr.ip().is_loopback() {
         log::warn!("listening on {local_addr}, which is reachable from other hosts; set apiKeys");
     }
@@ -206,14 +235,18 @@ pub fn run(options: Options) -> Result<(), String> {
             reload_tx.clone(),
         );
     }
+    notifier.ready();
 
-    // The main thread serves reloads one at a time until SIGTERM or SIGINT.
+    // The main thread serves reloads one at a time until SIGTERM or SIGINT; systemd hears
+    // RELOADING=1 … READY=1 around each.
     loop {
         crossbeam_channel::select! {
             recv(signals) -> signal => match signal {
                 Ok(libc::SIGHUP) => {
                     log::info!("SIGHUP: reloading {}", config_path.display());
+                    notifier.reloading();
                     reload::serve(&config_path, &app, ReloadRequest { reply: None }, &reload_rx);
+                    notifier.ready();
                 }
                 Ok(signal) => {
                     log::info!("received signal {signal}; shutting down");
@@ -223,16 +256,26 @@ pub fn run(options: Options) -> Result<(), String> {
             },
             recv(reload_rx) -> request => {
                 if let Ok(request) = request {
+                    notifier.reloading();
                     reload::serve(&config_path, &app, request, &reload_rx);
+                    notifier.ready();
                 }
             }
         }
     }
+    notifier.stopping();
     let config = app.config();
 
     let budget = config.limits.shutdown_timeout;
     let deadline = Instant::now() + budget;
-    proxy::stop_accepting(&app, listener_fd, deadline);
+    if activated {
+        // Dropping the server ends its accept loop (it connects to itself to wake it) without
+        // shutting down the socket systemd keeps for the next instance.
+        server.take();
+        proxy::stop_accepting(&app, None, deadline);
+    } else {
+        proxy::stop_accepting(&app, Some(listener_fd), deadline);
+    }
     logs.close_all_subscribers();
     let remaining = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(5);
     if !supervisor.shutdown(remaining) {
@@ -257,10 +300,10 @@ pub fn preload(supervisor: &Supervisor, models: Vec<String>) {
             for model in models {
                 match supervisor.acquire_blocking(&model) {
                     Ok(lease) => {
-                        log::info!("preloaded {model}");
+                        log::info!(model = model.as_str(); "preloaded {model}");
                         drop(lease);
                     }
-                    Err(error) => log::error!("preload of {model} failed: {error}"),
+                    Err(error) => log::error!(model = model.as_str(); "preload of {model} failed: {error}"),
                 }
             }
         });

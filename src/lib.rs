@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod supervisor;
+pub mod systemd;
 pub mod upstream;

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, RwLock};
 
-use crate::config::LogToStdout;
+use crate::config::{LogFormat, LogToStdout};
 use crate::logbuf::LogBuffer;
 
 pub struct Logs {
@@ -69,6 +69,16 @@ impl Logs {
         }
     }
 
+    /// Writes one swapd log line in two forms: `human` into the buffers `/logs` serves, and
+    /// `json` (one object and its newline) to stdout when `logToStdout` selects swapd's log.
+    pub fn write_proxy_json(&self, human: &[u8], json: &[u8]) {
+        self.proxy.write(human);
+        if matches!(self.to_stdout, LogToStdout::Proxy | LogToStdout::Both) {
+            self.mux.write(human);
+            let _ = std::io::stdout().lock().write_all(json);
+        }
+    }
+
     /// Writes raw child output that was already stored in the model's own buffer.
     pub fn write_upstream(&self, bytes: &[u8]) {
         self.upstream.write(bytes);
@@ -114,6 +124,8 @@ pub struct ProxyLogger {
     pub logs: Arc<Logs>,
     pub level: log::LevelFilter,
     pub time_format: Option<String>,
+    /// `swapd.logFormat`: with `Json`, stdout gets [`json_log_line`]s instead.
+    pub format: LogFormat,
 }
 
 impl log::Log for ProxyLogger {
@@ -135,10 +147,67 @@ impl log::Log for ProxyLogger {
             Some(_) => format!("{} [{level}] {}\n", timestamp_rfc3339(), record.args()),
             None => format!("[{level}] {}\n", record.args()),
         };
-        self.logs.write_proxy(line.as_bytes());
+        match self.format {
+            LogFormat::Text => self.logs.write_proxy(line.as_bytes()),
+            LogFormat::Json => {
+                let model = record
+                    .key_values()
+                    .get(log::kv::Key::from_str("model"))
+                    .map(|value| value.to_string());
+                let json = json_log_line(
+                    &timestamp_rfc3339_millis(std::time::SystemTime::now()),
+                    level,
+                    record.target(),
+                    &record.args().to_string(),
+                    model.as_deref(),
+                );
+                self.logs.write_proxy_json(line.as_bytes(), json.as_bytes());
+            }
+        }
     }
 
     fn flush(&self) {}
+}
+
+/// One log line for machines (`swapd.logFormat: json`): a JSON object with `time` (RFC 3339,
+/// UTC, milliseconds), `level`, `target` (the Rust module, e.g. `swapd::supervisor`),
+/// `message` and, when the line concerns one model, `model`; then a newline. serde_json
+/// escapes whatever a message contains, so every line parses on its own.
+pub fn json_log_line(
+    time: &str,
+    level: &str,
+    target: &str,
+    message: &str,
+    model: Option<&str>,
+) -> String {
+    let mut object = serde_json::Map::new();
+    object.insert("time".into(), time.into());
+    object.insert("level".into(), level.to_ascii_lowercase().into());
+    object.insert("target".into(), target.into());
+    object.insert("message".into(), message.into());
+    if let Some(model) = model {
+        object.insert("model".into(), model.into());
+    }
+    let mut line = serde_json::Value::Object(object).to_string();
+    line.push('\n');
+    line
+}
+
+/// `time` as RFC 3339 in UTC with milliseconds, e.g. `2026-12-06T03:52:17.123Z`.
+pub fn timestamp_rfc3339_millis(time: std::time::SystemTime) -> String {
+    let since_epoch = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let now = since_epoch.as_secs() as i64;
+    let (days, seconds) = (now.div_euclid(86_400), now.rem_euclid(86_400));
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60,
+        since_epoch.subsec_millis()
+    )
 }
 
 /// The current UTC time as RFC 3339 with seconds (no time-zone database needed).
@@ -175,6 +244,44 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_lines_are_one_object_each() {
+        let line = json_log_line(
+            "2026-12-06T03:52:17.123Z",
+            "INFO",
+            "swapd::supervisor",
+            "starting \"a\"\nsecond line",
+            Some("a"),
+        );
+        assert!(line.ends_with('\n'));
+        assert_eq!(line.matches('\n').count(), 1, "{line}");
+        let value: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "time": "2026-12-06T03:52:17.123Z",
+                "level": "info",
+                "target": "swapd::supervisor",
+                "message": "starting \"a\"\nsecond line",
+                "model": "a",
+            })
+        );
+        let without: serde_json::Value =
+            serde_json::from_str(&json_log_line("t", "WARN", "swapd", "m", None)).expect("JSON");
+        assert!(without.get("model").is_none());
+        assert_eq!(without["level"], "warn");
+    }
+
+    #[test]
+    fn millisecond_timestamps() {
+        let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_796_529_137_045);
+        assert_eq!(timestamp_rfc3339_millis(time), "2026-12-06T03:52:17.045Z");
+        assert_eq!(
+            timestamp_rfc3339_millis(std::time::UNIX_EPOCH),
+            "1970-01-01T00:00:00.000Z"
+        );
+    }
 
     #[test]
     fn civil_dates() {

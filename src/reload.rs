@@ -45,7 +45,10 @@ fn reload(path: &Path, app: &App) -> Result<ReloadSummary, String> {
     }
     let new = Arc::new(loaded.config);
     let old = app.config();
-    if old.log_to_stdout != new.log_to_stdout || old.limits != new.limits {
+    if old.log_to_stdout != new.log_to_stdout
+        || old.limits != new.limits
+        || old.log_format != new.log_format
+    {
         log::warn!("reload: logToStdout and the swapd: limits take effect only after a restart");
     }
     // The supervisor first, so a model that just became routable is known to it.

@@ -101,6 +101,18 @@ impl LogToStdout {
     }
 }
 
+/// How swapd writes its own log lines to stdout (`swapd.logFormat`). `/logs` and the log
+/// streams always keep the human form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// `[INFO] message` lines, as llama-swap writes them.
+    #[default]
+    Text,
+    /// One JSON object per line (time, level, target, message, model when known), for
+    /// journald, Loki and other log shippers.
+    Json,
+}
+
 /// The whole daemon configuration, fully resolved: defaults applied, macros expanded, ports
 /// assigned and every cross reference checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,6 +123,8 @@ pub struct Config {
     /// A Go time layout name (`rfc3339`, `kitchen`, ...), lowercase; `None` means no timestamps.
     pub log_time_format: Option<String>,
     pub log_to_stdout: LogToStdout,
+    /// The form of swapd's own lines on stdout (`swapd.logFormat`).
+    pub log_format: LogFormat,
     /// The first port handed out for `${PORT}` (default 5800).
     pub start_port: u16,
     /// Global default for streaming loading progress to clients of cold models.
@@ -241,6 +255,7 @@ impl Default for Config {
             log_level: LogLevel::Info,
             log_time_format: None,
             log_to_stdout: LogToStdout::Proxy,
+            log_format: LogFormat::Text,
             start_port: 5800,
             send_loading_state: false,
             include_aliases_in_list: false,

@@ -90,6 +90,7 @@ pub(crate) const SWAPD: &[&str] = &[
     "maxConnections",
     "upstreamTimeout",
     "shutdownTimeout",
+    "logFormat",
 ];
 
 /// Warns about every key of `mapping` that is not in `known`.

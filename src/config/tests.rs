@@ -1240,3 +1240,23 @@ fn exponential_macros_are_an_error_naming_the_field() {
     assert_eq!(error.key, "models.a.cmd");
     assert!(error.message.contains("grows past"), "{error}");
 }
+
+#[test]
+fn log_format_is_text_by_default_and_json_on_request() {
+    let model = "models:\n  m:\n    cmd: srv --port ${PORT}\n";
+    assert_eq!(load_ok(model).config.log_format, LogFormat::Text);
+    let loaded = load_ok(&format!("swapd:\n  logFormat: json\n{model}"));
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    assert_eq!(loaded.config.log_format, LogFormat::Json);
+    assert_eq!(
+        load_ok(&format!("swapd:\n  logFormat: TEXT\n{model}"))
+            .config
+            .log_format,
+        LogFormat::Text
+    );
+    let error = load_err(&format!("swapd:\n  logFormat: xml\n{model}")).to_string();
+    assert!(
+        error.contains("config.yaml:2:") && error.contains("swapd.logFormat") && error.contains("'xml'"),
+        "{error}"
+    );
+}

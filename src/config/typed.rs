@@ -16,7 +16,7 @@ use super::error::{ConfigError, KeyPath, Reporter};
 use super::macros::{self, Macro};
 use super::schema;
 use super::{
-    Config, Filters, GroupConfig, Limits, LogLevel, LogToStdout, ModelConfig, DEFAULT_GROUP_ID,
+    Config, Filters, GroupConfig, Limits, LogFormat, LogLevel, LogToStdout, ModelConfig, DEFAULT_GROUP_ID,
 };
 
 const DEFAULT_HEALTH_CHECK_TIMEOUT: i64 = 120;
@@ -644,6 +644,7 @@ pub(crate) fn build(root: Value, reporter: &mut Reporter<'_>) -> Result<Config, 
         }
     }
     let limits = build_limits(&top, reporter)?;
+    let log_format = build_log_format(&top, reporter)?;
 
     let shared = Globals {
         global_ttl,
@@ -684,6 +685,7 @@ pub(crate) fn build(root: Value, reporter: &mut Reporter<'_>) -> Result<Config, 
         log_level,
         log_time_format,
         log_to_stdout,
+        log_format,
         start_port: u16::try_from(start_port).expect("startPort was range-checked"),
         send_loading_state,
         include_aliases_in_list,
@@ -722,6 +724,26 @@ fn build_limits(top: &Fields<'_>, reporter: &mut Reporter<'_>) -> Result<Limits,
         upstream_timeout: seconds_of("upstreamTimeout", defaults.upstream_timeout)?,
         shutdown_timeout: seconds_of("shutdownTimeout", defaults.shutdown_timeout)?,
     })
+}
+
+/// `swapd.logFormat`: `text` (the default) or `json`.
+fn build_log_format(top: &Fields<'_>, reporter: &mut Reporter<'_>) -> Result<LogFormat, ConfigError> {
+    let Some(mapping) = top.mapping("swapd", reporter, "a mapping of swapd settings")? else {
+        return Ok(LogFormat::Text);
+    };
+    let path = top.path("swapd");
+    let fields = Fields::new(mapping, &path);
+    match fields.string("logFormat", reporter)? {
+        None => Ok(LogFormat::Text),
+        Some(text) => match text.to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(reporter.error(
+                &path.key("logFormat"),
+                format!("must be text or json; found '{text}'"),
+            )),
+        },
+    }
 }
 
 fn build_model(

@@ -116,7 +116,7 @@ pub fn forward(
                     format!("upstream for model '{model}' failed: {error} ({url})"),
                 ),
             };
-            log::warn!("{message}");
+            log::warn!(model = model; "{message}");
             match destination {
                 Destination::Fresh(request) => {
                     http::send_error(request, status, &message, None, &[])
@@ -195,7 +195,7 @@ pub fn forward(
                 if writer.write_chunk(chunk).is_err() {
                     // The client went away: dropping the reader closes the upstream
                     // connection, and returning drops the lease.
-                    log::debug!("client left during the response from '{model}'");
+                    log::debug!(model = model; "client left during the response from '{model}'");
                     break;
                 }
                 reader.consume(read);
@@ -205,7 +205,7 @@ pub fn forward(
                     "upstream for model '{model}' failed after {bytes} bytes ({:.1}s): {error}",
                     started.elapsed().as_secs_f64()
                 );
-                log::warn!("{message}");
+                log::warn!(model = model; "{message}");
                 if is_sse {
                     let _ = writer.write_chunk(&sse_error(502, &message));
                 }

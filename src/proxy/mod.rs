@@ -190,13 +190,20 @@ fn handle_one(app: &App, request: tiny_http::Request) {
 
 /// Stops taking requests: new connections are refused, new requests on open connections get
 /// 503, requests in progress go on until they finish or `deadline` passes.
-pub fn stop_accepting(app: &App, listener_fd: RawFd, deadline: Instant) {
+///
+/// `listener_fd` is `None` for a socket systemd passed (socket activation): shutting that
+/// socket down would break it for the next swapd too, since systemd holds the same socket.
+/// The caller has ended the accept loop another way, and new connections wait in the
+/// socket's queue for the next instance.
+pub fn stop_accepting(app: &App, listener_fd: Option<RawFd>, deadline: Instant) {
     app.shutting_down.store(true, Ordering::SeqCst);
     app.guard.stop();
-    // SAFETY: shutting down the read side of our listening socket makes accept() fail, which
-    // ends tiny_http's accept thread; the descriptor itself stays valid.
-    unsafe {
-        libc::shutdown(listener_fd, libc::SHUT_RD);
+    if let Some(listener_fd) = listener_fd {
+        // SAFETY: shutting down the read side of our listening socket makes accept() fail,
+        // which ends tiny_http's accept thread; the descriptor itself stays valid.
+        unsafe {
+            libc::shutdown(listener_fd, libc::SHUT_RD);
+        }
     }
     while app.active_requests() > 0 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));

@@ -378,6 +378,7 @@ fn proxy_to(
                     (None, None) => {}
                 }
                 log::info!(
+                    model = model_id;
                     "{} {} model={model_id} {status} ({message})",
                     outgoing.method,
                     outgoing.path_and_query
@@ -406,7 +407,7 @@ fn proxy_to(
             None => {
                 // Still waiting: if the client left, withdraw (dropping the ticket cancels).
                 if client.is_gone() {
-                    log::info!("client left while waiting for '{model_id}'; request withdrawn");
+                    log::info!(model = model_id; "client left while waiting for '{model_id}'; request withdrawn");
                     return;
                 }
                 if let Some(stream) = loading.as_mut() {
@@ -447,6 +448,7 @@ fn finished(
         outcome.time_to_first_token,
     );
     log::info!(
+        model = model_id;
         "{} {} model={model_id} {} {}B {:.1}ms",
         outgoing.method,
         outgoing.path_and_query,

@@ -24,6 +24,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::config::{Config, ModelConfig};
 use crate::logs::Logs;
 use crate::metrics::Metrics;
+use crate::systemd::Notifier;
 
 /// Why a model could not be acquired. Each maps to one HTTP status (see `proxy::errors`).
 #[derive(Debug, Clone, PartialEq)]
@@ -249,9 +250,22 @@ impl Supervisor {
         logs: Arc<Logs>,
         metrics: Arc<Metrics>,
     ) -> (Supervisor, thread::JoinHandle<()>) {
+        Supervisor::start_with_notifier(config, logs, metrics, Arc::new(Notifier::disabled()))
+    }
+
+    /// Starts the supervisor thread, which also keeps systemd informed: the `STATUS=` line
+    /// whenever the model counts change, and the watchdog pings (from its own loop, so a
+    /// wedged supervisor stops pinging and systemd restarts swapd).
+    pub fn start_with_notifier(
+        config: Arc<Config>,
+        logs: Arc<Logs>,
+        metrics: Arc<Metrics>,
+        notifier: Arc<Notifier>,
+    ) -> (Supervisor, thread::JoinHandle<()>) {
         let (tx, rx) = crossbeam_channel::unbounded();
         let gates = Gates::default();
         let mut state = State::new(config, logs, metrics, tx.clone(), gates.clone());
+        state.systemd = SystemdReport::new(notifier);
         state.publish_gates();
         let handle = thread::Builder::new()
             .name("supervisor".to_string())
@@ -448,6 +462,25 @@ struct State {
     shutdown_done: Vec<Sender<()>>,
     probe_agent: ureq::Agent,
     gates: Gates,
+    systemd: SystemdReport,
+}
+
+/// What the supervisor tells systemd, and when it last did.
+struct SystemdReport {
+    notifier: Arc<Notifier>,
+    /// When the next `WATCHDOG=1` is due (`None` without a watchdog).
+    next_watchdog: Option<Instant>,
+    last_status: String,
+}
+
+impl SystemdReport {
+    fn new(notifier: Arc<Notifier>) -> SystemdReport {
+        SystemdReport {
+            next_watchdog: notifier.watchdog_interval().map(|_| Instant::now()),
+            notifier,
+            last_status: String::new(),
+        }
+    }
 }
 
 /// How long a stop waits for the child after SIGKILL before giving up on it entirely.
@@ -478,6 +511,7 @@ impl State {
             shutdown_done: Vec::new(),
             probe_agent: health::probe_agent(),
             gates,
+            systemd: SystemdReport::new(Arc::new(Notifier::disabled())),
         }
     }
 
@@ -514,8 +548,12 @@ impl State {
     }
 
     fn run(&mut self, rx: Receiver<Command>) {
+        self.report_to_systemd(Instant::now());
         loop {
-            let deadline = self.next_deadline();
+            let deadline = match (self.next_deadline(), self.systemd.next_watchdog) {
+                (Some(timer), Some(watchdog)) => Some(timer.min(watchdog)),
+                (timer, watchdog) => timer.or(watchdog),
+            };
             let command = match deadline {
                 Some(deadline) => match rx.recv_deadline(deadline) {
                     Ok(command) => Some(command),
@@ -533,6 +571,7 @@ impl State {
             self.on_timers(Instant::now());
             self.retire_drained();
             self.pump();
+            self.report_to_systemd(Instant::now());
             if self.shutting_down && self.slots.values().all(|s| s.phase == Phase::Stopped) {
                 self.shutdown_done.clear();
                 break;
@@ -731,7 +770,7 @@ impl State {
                         if self.close_all_if_idle(&evict) {
                             self.metrics.record_swap();
                             for id in &evict {
-                                log::info!("swapping: stopping {id} to load {model}");
+                                log::info!(model = model; "swapping: stopping {id} to load {model}");
                                 let grace = self.config.health_check_timeout;
                                 self.begin_stop(id, StopReason::Swap, grace);
                             }
@@ -774,7 +813,7 @@ impl State {
             model_log,
             also: Arc::new(move |bytes: &[u8]| logs.write_upstream(bytes)),
         };
-        log::info!("starting {model}: {}", config.cmd_display);
+        log::info!(model = model; "starting {model}: {}", config.cmd_display);
         let spawned = process::spawn(&config.cmd, &config.env, sink, move |status| {
             let _ = tx.send(Command::Exited {
                 model: exited_model,
@@ -785,7 +824,7 @@ impl State {
         let pid = match spawned {
             Ok(pid) => pid,
             Err(error) => {
-                log::error!("cannot start {model}: {}: {error}", config.cmd_display);
+                log::error!(model = model; "cannot start {model}: {}: {error}", config.cmd_display);
                 self.logs.model(model).write(
                     format!("swapd: cannot start '{}': {error}\n", config.cmd[0]).as_bytes(),
                 );
@@ -835,6 +874,7 @@ impl State {
         let took = slot.spawned_at.elapsed();
         self.metrics.record_start(model, true, took);
         log::info!(
+            model = model;
             "{model} is ready ({:.0} ms after spawn)",
             took.as_secs_f64() * 1000.0
         );
@@ -922,10 +962,10 @@ impl State {
             }
             Phase::Ready => {
                 self.metrics.record_eviction("crash");
-                log::warn!("{model}: upstream process exited unexpectedly with {described}");
+                log::warn!(model = model; "{model}: upstream process exited unexpectedly with {described}");
             }
             Phase::Stopping | Phase::Stopped => {
-                log::info!("{model} stopped ({described})");
+                log::info!(model = model; "{model} stopped ({described})");
             }
         }
         if let Some(buffer) = self.logs.existing_model(model) {
@@ -940,7 +980,7 @@ impl State {
             return;
         };
         if let Some(config) = slot.pending_config.take() {
-            log::info!("{model}: new settings from the reload take effect");
+            log::info!(model = model; "{model}: new settings from the reload take effect");
             slot.config = config;
             self.publish_gates();
         }
@@ -959,7 +999,7 @@ impl State {
                     .reply
                     .send(Reply::Failed(AcquireError::UnknownModel(pending.model)));
             }
-            log::info!("{model}: removed by the reload");
+            log::info!(model = model; "{model}: removed by the reload");
         }
     }
 
@@ -1097,7 +1137,7 @@ impl State {
             self.became_stopped(model);
             return;
         };
-        log::info!("stopping {model} (pid {pid}, reason {reason:?})");
+        log::info!(model = model; "stopping {model} (pid {pid}, reason {reason:?})");
         match reason {
             StopReason::Swap => self.metrics.record_eviction("swap"),
             StopReason::Ttl => self.metrics.record_eviction("ttl"),
@@ -1119,7 +1159,7 @@ impl State {
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
                     .and_then(|argv| process::run_stop_command(&argv, &config.env));
                 if let Err(error) = result {
-                    log::warn!("{model}: cmdStop '{command}' failed ({error}); sending SIGTERM");
+                    log::warn!(model = model; "{model}: cmdStop '{command}' failed ({error}); sending SIGTERM");
                     process::signal_group(pid, libc::SIGTERM);
                 }
             }
@@ -1135,6 +1175,7 @@ impl State {
             {
                 if now >= kill_at {
                     log::warn!(
+                        model = id.as_str();
                         "{id} (pid {pid}) did not stop within its grace period; sending SIGKILL"
                     );
                     process::signal_group(pid, libc::SIGKILL);
@@ -1153,11 +1194,40 @@ impl State {
                 continue;
             }
             log::info!(
+                model = id.as_str();
                 "{id}: unloading after {}s idle (ttl)",
                 self.slots[&id].config.ttl.as_secs()
             );
             let grace = self.slots[&id].config.unload_timeout;
             self.begin_stop(&id, StopReason::Ttl, grace);
+        }
+    }
+
+    /// Pings systemd's watchdog when due and sends the status line when it changed. Both
+    /// come from this loop on purpose: if it wedges, the pings stop and systemd restarts swapd.
+    fn report_to_systemd(&mut self, now: Instant) {
+        if !self.systemd.notifier.is_enabled() {
+            return;
+        }
+        if let (Some(due), Some(interval)) = (
+            self.systemd.next_watchdog,
+            self.systemd.notifier.watchdog_interval(),
+        ) {
+            if now >= due {
+                self.systemd.notifier.watchdog();
+                self.systemd.next_watchdog = Some(now + interval);
+            }
+        }
+        let count = |phase: Phase| self.slots.values().filter(|s| s.phase == phase).count();
+        let status = crate::systemd::status_line(
+            self.slots.len(),
+            count(Phase::Ready) + count(Phase::Stopping),
+            count(Phase::Starting),
+            self.shutting_down,
+        );
+        if status != self.systemd.last_status {
+            self.systemd.notifier.status(&status);
+            self.systemd.last_status = status;
         }
     }
 
