@@ -4,6 +4,7 @@ mod cli;
 mod common;
 mod logs;
 mod observability;
+mod ops;
 mod proxy;
 mod reload;
 mod robustness;
