@@ -6,6 +6,7 @@ export SWAPD_CACHE
 LISTEN ?= 127.0.0.1:8080
 
 .PHONY: build release run run-fake test test-unit test-e2e e2e-deps lint fmt fmt-check bench bench-real soak clean
+.PHONY: install install-files deb test-ops test-package test-prometheus
 
 build:
 	$(CARGO) build --bins
@@ -35,7 +36,7 @@ run-fake: build
 e2e-deps:
 	tests/e2e/install.sh
 
-test: test-unit test-e2e
+test: test-unit test-e2e test-ops
 
 test-unit:
 	$(CARGO) build --bins
@@ -69,3 +70,44 @@ soak:
 
 clean:
 	$(CARGO) clean
+
+# --- Operations: installing, packaging, and the tests that run them for real ----------------
+
+# `make install [PREFIX=/usr/local] [DESTDIR=]`: the binary, the systemd units (paths rewritten
+# for PREFIX), the config (only when none exists: an edited one is never overwritten) and docs.
+# With PREFIX=/usr the config goes to /etc/swapd, otherwise to PREFIX/etc/swapd.
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+SYSCONFDIR ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+DOCDIR ?= $(PREFIX)/share/doc/swapd
+SWAPD_INSTALL_BINARY ?= target/release/swapd
+
+install: release install-files
+
+install-files:
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/swapd $(DESTDIR)$(DOCDIR)
+	install -m 0755 $(SWAPD_INSTALL_BINARY) $(DESTDIR)$(BINDIR)/swapd
+	for unit in swapd.service swapd.socket; do \
+	  sed -e 's|/usr/bin/swapd|$(BINDIR)/swapd|g' -e 's|/etc/swapd/|$(SYSCONFDIR)/swapd/|g' \
+	      -e 's|/usr/share/doc/swapd|$(DOCDIR)|g' config/$$unit >$(DESTDIR)$(UNITDIR)/$$unit && \
+	  chmod 0644 $(DESTDIR)$(UNITDIR)/$$unit || exit 1; \
+	done
+	test -e $(DESTDIR)$(SYSCONFDIR)/swapd/config.yaml || \
+	  install -m 0644 config/swapd.yaml $(DESTDIR)$(SYSCONFDIR)/swapd/config.yaml
+	install -m 0644 README.md config/example.yaml config/grafana-dashboard.json $(DESTDIR)$(DOCDIR)/
+
+# The Debian package (dpkg-deb, no debhelper): target/debian/swapd_VERSION_ARCH.deb.
+deb: release
+	config/debian/build-deb.sh target/release/swapd target/debian
+
+# The package installed and purged with dpkg, and a real Prometheus scraping swapd.
+test-ops: test-package test-prometheus
+
+test-package: release
+	tests/package.sh target/release/swapd
+
+test-prometheus: release
+	@command -v prometheus >/dev/null 2>&1 || tests/e2e/install-prometheus.sh
+	SWAPD_BIN=$(CURDIR)/target/release/swapd FAKE_UPSTREAM_BIN=$(CURDIR)/target/release/fake-upstream \
+	  python3 tests/e2e/test_prometheus.py

@@ -582,3 +582,16 @@ fn json_log_format_writes_objects_to_stdout_and_keeps_logs_human() {
         }
     }
 }
+
+#[test]
+fn the_packaged_config_checks_clean() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/swapd.yaml");
+    let output = Command::new(SWAPD)
+        .args(["--check-config", path])
+        .output()
+        .expect("run swapd --check-config");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("qwen"));
+}
