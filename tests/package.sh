@@ -25,16 +25,38 @@ MARKER=/var/tmp/swapd-package-test.installed
 fail() { echo "package.sh: FAIL: $*" >&2; exit 1; }
 note() { echo "package.sh: $*" >&2; }
 
+# dpkg refuses to run while another dpkg or apt holds its lock (e.g. an apt-get install of
+# another test's dependencies on the same machine): wait for it, bounded.
+dpkg_locked() {
+  local output status
+  for _ in $(seq 1 120); do
+    status=0
+    output="$(dpkg "$@" 2>&1)" || status=$?
+    if [[ $status -ne 0 ]] && grep -qi 'lock' <<<"$output"; then
+      sleep 1
+      continue
+    fi
+    echo "$output" >&2
+    return $status
+  done
+  echo "$output" >&2
+  return 1
+}
+
 if [[ "$(id -u)" != 0 ]] || ! command -v dpkg >/dev/null; then
   echo "package.sh: SKIPPED: needs root and dpkg (Debian/Ubuntu)" >&2
   exit 0
 fi
 [[ -x "$BINARY" ]] || fail "no swapd binary at $BINARY (cargo build --release)"
 
+# One run at a time on a machine: the package, its account and /etc/swapd are global.
+exec 9>/var/lock/swapd-package-test.lock
+flock 9
+
 if dpkg-query -W -f '${Status}' swapd 2>/dev/null | grep -q 'installed\|config-files'; then
   if [[ -e "$MARKER" || "${SWAPD_PACKAGE_TEST_REPLACE:-}" == 1 ]]; then
     note "purging the swapd package left by an interrupted run"
-    dpkg --purge swapd >&2
+    dpkg_locked --purge swapd
   else
     fail "a swapd package is installed on this machine; set SWAPD_PACKAGE_TEST_REPLACE=1 to let this test replace (and purge) it"
   fi
@@ -44,7 +66,7 @@ WORK="$(mktemp -d)"
 SERVER_PID=""
 cleanup() {
   if [[ -n "$SERVER_PID" ]]; then kill "$SERVER_PID" 2>/dev/null || true; fi
-  if [[ -e "$MARKER" ]]; then dpkg --purge swapd >/dev/null 2>&1 || true; rm -f "$MARKER"; fi
+  if [[ -e "$MARKER" ]]; then dpkg_locked --purge swapd 2>/dev/null || true; rm -f "$MARKER"; fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -75,7 +97,7 @@ DEB="$("$REPO/config/debian/build-deb.sh" "$BINARY" "$WORK/deb" | tail -n 1)"
 dpkg-deb --info "$DEB" conffiles | grep -qx '/etc/swapd/config.yaml' || fail "config.yaml is not a conffile"
 dpkg-deb --field "$DEB" Package | grep -qx swapd || fail "package name"
 touch "$MARKER"
-dpkg -i "$DEB" >&2 || fail "dpkg -i failed"
+dpkg_locked -i "$DEB" || fail "dpkg -i failed"
 dpkg-query -W -f '${Status}' swapd | grep -q 'install ok installed' || fail "package not installed"
 mapfile -t FILES < <(dpkg -L swapd | while read -r path; do [[ -f "$path" ]] && echo "$path"; done)
 for path in /usr/bin/swapd /usr/lib/systemd/system/swapd.service /usr/lib/systemd/system/swapd.socket \
@@ -101,7 +123,8 @@ fi
 # swapd runs as its user on the installed config (listening on a free port) and answers.
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 cd /var/lib/swapd
-runuser -u swapd -- /usr/bin/swapd --config /etc/swapd/config.yaml --listen "127.0.0.1:$PORT" \
+# setpriv execs swapd itself (no parent like runuser), so the pid below is swapd's.
+setpriv --reuid=swapd --regid=swapd --init-groups -- /usr/bin/swapd --config /etc/swapd/config.yaml --listen "127.0.0.1:$PORT" \
   >"$WORK/swapd.log" 2>&1 &
 SERVER_PID=$!
 cd "$REPO"
@@ -120,11 +143,11 @@ note "dpkg -i: ok (account, files, --check-config, unit, runs as swapd)"
 
 # --- 3. remove keeps the edited conffile; purge removes everything --------------------
 echo "# edited by the package test" >>/etc/swapd/config.yaml
-dpkg -r swapd >&2 || fail "dpkg -r failed"
+dpkg_locked -r swapd || fail "dpkg -r failed"
 [[ ! -e /usr/bin/swapd ]] || fail "/usr/bin/swapd left after dpkg -r"
 [[ ! -e /usr/lib/systemd/system/swapd.service ]] || fail "unit left after dpkg -r"
 grep -q 'edited by the package test' /etc/swapd/config.yaml || fail "dpkg -r did not keep the edited conffile"
-dpkg --purge swapd >&2 || fail "dpkg --purge failed"
+dpkg_locked --purge swapd || fail "dpkg --purge failed"
 rm -f "$MARKER"
 for path in "${FILES[@]}" /etc/swapd /var/lib/swapd; do
   [[ ! -e "$path" ]] || fail "$path left after dpkg --purge"
