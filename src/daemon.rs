@@ -210,12 +210,14 @@ pub fn run(options: Options) -> Result<(), String> {
     ));
     app.guard.start(local_addr, config.limits.header_timeout);
     spawn_memory_trimmer(app.clone());
-    let mut server = Some(tiny_http::Server::from_listener_with_handler(
-        server_listener,
-        proxy::handler(app.clone()),
-        proxy::CONNECTION_STACK,
-    )
-    .map_err(|e| format!("cannot start the HTTP server: {e}"))?);
+    let mut server = Some(
+        tiny_http::Server::from_listener_with_handler(
+            server_listener,
+            proxy::handler(app.clone()),
+            proxy::CONNECTION_STACK,
+        )
+        .map_err(|e| format!("cannot start the HTTP server: {e}"))?,
+    );
     if !local_addr.ip().is_loopback() {
         log::warn!("listening on {local_addr}, which is reachable from other hosts; set apiKeys");
     }
@@ -303,7 +305,9 @@ pub fn preload(supervisor: &Supervisor, models: Vec<String>) {
                         log::info!(model = model.as_str(); "preloaded {model}");
                         drop(lease);
                     }
-                    Err(error) => log::error!(model = model.as_str(); "preload of {model} failed: {error}"),
+                    Err(error) => {
+                        log::error!(model = model.as_str(); "preload of {model} failed: {error}")
+                    }
                 }
             }
         });

@@ -149,9 +149,9 @@ impl Notifier {
             .map_err(|error| format!("cannot create the notification socket: {error}"))?;
         // The supervisor loop sends the watchdog pings and must never block: a message that
         // does not fit in systemd's queue right now is dropped (the next one follows soon).
-        socket
-            .set_nonblocking(true)
-            .map_err(|error| format!("cannot make the notification socket non-blocking: {error}"))?;
+        socket.set_nonblocking(true).map_err(|error| {
+            format!("cannot make the notification socket non-blocking: {error}")
+        })?;
         Ok((socket, address))
     }
 

@@ -1256,7 +1256,9 @@ fn log_format_is_text_by_default_and_json_on_request() {
     );
     let error = load_err(&format!("swapd:\n  logFormat: xml\n{model}")).to_string();
     assert!(
-        error.contains("config.yaml:2:") && error.contains("swapd.logFormat") && error.contains("'xml'"),
+        error.contains("config.yaml:2:")
+            && error.contains("swapd.logFormat")
+            && error.contains("'xml'"),
         "{error}"
     );
 }

@@ -16,7 +16,8 @@ use super::error::{ConfigError, KeyPath, Reporter};
 use super::macros::{self, Macro};
 use super::schema;
 use super::{
-    Config, Filters, GroupConfig, Limits, LogFormat, LogLevel, LogToStdout, ModelConfig, DEFAULT_GROUP_ID,
+    Config, Filters, GroupConfig, Limits, LogFormat, LogLevel, LogToStdout, ModelConfig,
+    DEFAULT_GROUP_ID,
 };
 
 const DEFAULT_HEALTH_CHECK_TIMEOUT: i64 = 120;
@@ -727,7 +728,10 @@ fn build_limits(top: &Fields<'_>, reporter: &mut Reporter<'_>) -> Result<Limits,
 }
 
 /// `swapd.logFormat`: `text` (the default) or `json`.
-fn build_log_format(top: &Fields<'_>, reporter: &mut Reporter<'_>) -> Result<LogFormat, ConfigError> {
+fn build_log_format(
+    top: &Fields<'_>,
+    reporter: &mut Reporter<'_>,
+) -> Result<LogFormat, ConfigError> {
     let Some(mapping) = top.mapping("swapd", reporter, "a mapping of swapd settings")? else {
         return Ok(LogFormat::Text);
     };

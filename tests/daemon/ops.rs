@@ -139,9 +139,14 @@ fn notify_reports_ready_status_reload_and_stopping() {
     // The model server does not inherit the notification socket.
     let child = daemon.pid_of("a").expect("a runs");
     let environment = environment_of(child);
-    assert!(!environment.is_empty(), "environment of pid {child} readable");
     assert!(
-        !environment.iter().any(|entry| entry.starts_with("NOTIFY_SOCKET=")),
+        !environment.is_empty(),
+        "environment of pid {child} readable"
+    );
+    assert!(
+        !environment
+            .iter()
+            .any(|entry| entry.starts_with("NOTIFY_SOCKET=")),
         "the child inherited NOTIFY_SOCKET: {environment:?}"
     );
 
@@ -213,9 +218,11 @@ fn watchdog_pings_keep_coming_at_half_the_timeout() {
         ],
     );
     let pings = |messages: &[String]| messages.iter().filter(|m| *m == "WATCHDOG=1").count();
-    wait_for("3 watchdog pings while idle", Duration::from_secs(30), || {
-        (pings(&socket.all()) >= 3).then_some(())
-    });
+    wait_for(
+        "3 watchdog pings while idle",
+        Duration::from_secs(30),
+        || (pings(&socket.all()) >= 3).then_some(()),
+    );
     assert_eq!(
         post_json(&daemon.url("/v1/chat/completions"), &chat("a")).status,
         200
@@ -283,7 +290,9 @@ fn spawn_activated(listener: &TcpListener, config_path: &std::path::Path) -> Chi
             Ok(())
         });
     }
-    command.spawn().expect("start swapd under socket activation")
+    command
+        .spawn()
+        .expect("start swapd under socket activation")
 }
 
 /// Stops a swapd this test started (SIGTERM, bounded wait, then SIGKILL), and the model
@@ -384,7 +393,11 @@ fn socket_activation_serves_on_the_passed_socket_and_keeps_it_across_restarts() 
         dir: dir_text.clone(),
     };
     let addr = listening_address(&mut first.child);
-    assert_eq!(addr, format!("127.0.0.1:{port}"), "swapd uses the passed socket");
+    assert_eq!(
+        addr,
+        format!("127.0.0.1:{port}"),
+        "swapd uses the passed socket"
+    );
     let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
     assert_eq!(get(&url("/health")).body, "OK");
     let reply = post_json(&url("/v1/chat/completions"), &chat("a"));
@@ -524,24 +537,30 @@ fn json_log_format_writes_objects_to_stdout_and_keeps_logs_human() {
     assert_eq!(reply.status, 200, "{}", reply.body);
 
     // The start of model a is logged with the model named in its own field.
-    let ready = wait_for("a JSON line saying a is ready", Duration::from_secs(20), || {
-        lines
-            .lock()
-            .expect("lines lock")
-            .iter()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .find(|value| {
-                value["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("a is ready"))
-            })
-    });
+    let ready = wait_for(
+        "a JSON line saying a is ready",
+        Duration::from_secs(20),
+        || {
+            lines
+                .lock()
+                .expect("lines lock")
+                .iter()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .find(|value| {
+                    value["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("a is ready"))
+                })
+        },
+    );
     assert_eq!(ready["model"], "a", "{ready}");
     assert_eq!(ready["level"], "info");
     assert_eq!(ready["target"], "swapd::supervisor");
     let time = ready["time"].as_str().expect("time is a string");
     assert!(
-        time.len() == "2026-12-06T03:52:17.123Z".len() && time.ends_with('Z') && &time[10..11] == "T",
+        time.len() == "2026-12-06T03:52:17.123Z".len()
+            && time.ends_with('Z')
+            && &time[10..11] == "T",
         "RFC 3339 time: {time}"
     );
     // The request line names the model too.
