@@ -36,10 +36,11 @@ impl NotifySocket {
     /// A Linux abstract socket (`@name`), as systemd uses for user services.
     fn abstract_name() -> NotifySocket {
         use std::os::linux::net::SocketAddrExt;
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let name = format!(
             "swapd-test-notify-{}-{}",
             std::process::id(),
-            Instant::now().elapsed().as_nanos()
+            COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
             .expect("abstract address");
