@@ -11,6 +11,7 @@
 //! (3) `${PORT}` is assigned in sorted model-id order; (4) typed settings are built with
 //! defaults and validated (`typed.rs`).
 
+mod access;
 mod command;
 mod env;
 mod error;
@@ -27,6 +28,12 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
+pub use access::{
+    ends_with_ignore_case, split_authority, Access, HostPattern, HostRule, OriginPattern,
+    OriginRule, PortPattern,
+};
+#[cfg(test)]
+pub(crate) use access::{parse_host as access_parse_host, parse_origin as access_parse_origin};
 pub use command::split_command;
 pub use error::ConfigError;
 
@@ -150,6 +157,9 @@ pub struct Config {
     pub aliases: BTreeMap<String, String>,
     /// swapd's own settings (the `swapd:` section).
     pub limits: Limits,
+    /// Who may use a keyless swapd (`swapd.allowedOrigins`, `swapd.allowedHosts`). Kept apart
+    /// from `limits` because it changes on reload and holds lists.
+    pub access: Access,
 }
 
 /// One upstream model server: how to start it and how to reach it.
@@ -268,6 +278,7 @@ impl Default for Config {
             preload: Vec::new(),
             aliases: BTreeMap::new(),
             limits: Limits::default(),
+            access: Access::default(),
         }
     }
 }

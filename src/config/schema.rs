@@ -91,6 +91,8 @@ pub(crate) const SWAPD: &[&str] = &[
     "upstreamTimeout",
     "shutdownTimeout",
     "logFormat",
+    "allowedOrigins",
+    "allowedHosts",
 ];
 
 /// Warns about every key of `mapping` that is not in `known`.

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_yaml::{Mapping, Value};
 
+use super::access::{self, Access, HostRule, OriginRule};
 use super::command::{display_command, split_command, strip_comment_lines};
 use super::error::{ConfigError, KeyPath, Reporter};
 use super::macros::{self, Macro};
@@ -646,6 +647,7 @@ pub(crate) fn build(root: Value, reporter: &mut Reporter<'_>) -> Result<Config, 
     }
     let limits = build_limits(&top, reporter)?;
     let log_format = build_log_format(&top, reporter)?;
+    let access = build_access(&top, reporter)?;
 
     let shared = Globals {
         global_ttl,
@@ -699,6 +701,7 @@ pub(crate) fn build(root: Value, reporter: &mut Reporter<'_>) -> Result<Config, 
         preload,
         aliases,
         limits,
+        access,
     })
 }
 
@@ -748,6 +751,50 @@ fn build_log_format(
             )),
         },
     }
+/// `swapd.allowedOrigins` and `swapd.allowedHosts` (see `access.rs` for the entry syntax).
+fn build_access(top: &Fields<'_>, reporter: &mut Reporter<'_>) -> Result<Access, ConfigError> {
+    let Some(mapping) = top.mapping("swapd", reporter, "a mapping of swapd settings")? else {
+        return Ok(Access::default());
+    };
+    let fields = Fields::new(mapping, &top.path("swapd"));
+    let mut origins = Vec::new();
+    let mut any_origin = false;
+    for (index, entry) in fields
+        .strings("allowedOrigins", reporter)?
+        .iter()
+        .enumerate()
+    {
+        match access::parse_origin(entry) {
+            Ok(Some(pattern)) => origins.push(pattern),
+            Ok(None) => any_origin = true,
+            Err(message) => {
+                return Err(reporter.error(&fields.path("allowedOrigins").index(index), message))
+            }
+        }
+    }
+    let mut hosts = Vec::new();
+    let mut any_host = false;
+    for (index, entry) in fields.strings("allowedHosts", reporter)?.iter().enumerate() {
+        match access::parse_host(entry) {
+            Ok(Some(pattern)) => hosts.push(pattern),
+            Ok(None) => any_host = true,
+            Err(message) => {
+                return Err(reporter.error(&fields.path("allowedHosts").index(index), message))
+            }
+        }
+    }
+    Ok(Access {
+        origins: if any_origin {
+            OriginRule::Any
+        } else {
+            OriginRule::List(origins)
+        },
+        hosts: if any_host {
+            HostRule::Any
+        } else {
+            HostRule::List(hosts)
+        },
+    })
 }
 
 fn build_model(

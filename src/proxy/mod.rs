@@ -7,6 +7,7 @@
 pub mod extract;
 pub mod forward;
 pub mod guard;
+pub mod origin;
 mod routes;
 
 use std::io::Read;

@@ -1,0 +1,847 @@
+//! Whether a browser-borne request may use a swapd that has no `apiKeys`: the decision as a pure
+//! function of the request's headers and the config, table-tested below.
+//!
+//! Without keys, anything that can reach the port can drive swapd; on a desktop that includes
+//! every web page the browser opens (loopback is reachable from the browser). Three rules close
+//! that while leaving curl, SDKs and servers (which send no `Origin`) untouched:
+//!
+//! - **Host** (DNS rebinding): a page on `evil.example` whose name is re-pointed to 127.0.0.1
+//!   is same-origin with swapd as far as the browser knows, but its requests still carry
+//!   `Host: evil.example`. The `Host` must be an IP literal, `localhost` or `*.localhost`, the
+//!   machine's name, a single-label name (`swapd`, as Docker networks use), a `*.local` or
+//!   `*.internal` name, or in `allowedHosts`. None of these can be made to resolve to a page an
+//!   attacker serves from the public internet.
+//! - **Origin**: a request with an `Origin` is served only from localhost pages, swapd's own
+//!   origin (so a UI served by swapd works, also behind a reverse proxy that keeps `Host`), and
+//!   `allowedOrigins`. Refusing before the handler also stops form posts, which browsers send
+//!   cross-origin without a preflight.
+//! - **No `Origin`**: browsers leave it off simple GETs (`<img src=…/unload>`). When fetch
+//!   metadata (`Sec-Fetch-Site: cross-site`) or, lacking that, the `Referer` shows that a
+//!   foreign page sent the request, routes with side effects and non-GET methods are refused.
+//!
+//! With `apiKeys` set nothing here applies: the key protects, and CORS stays llama-swap's.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use crate::config::{
+    ends_with_ignore_case, split_authority, Access, Config, HostRule, OriginPattern, OriginRule,
+    PortPattern,
+};
+
+/// What the decision looks at, borrowed from the request (nothing is allocated).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Facts<'a> {
+    /// Upper-case method.
+    pub method: &'a str,
+    /// Path without the query.
+    pub path: &'a str,
+    pub origin: Option<&'a str>,
+    pub host: Option<&'a str>,
+    /// `Sec-Fetch-Site`, which browsers set and pages cannot.
+    pub fetch_site: Option<&'a str>,
+    pub referer: Option<&'a str>,
+    pub content_type: Option<&'a str>,
+}
+
+/// The config side of the decision.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy<'a> {
+    /// `apiKeys` is set: every check is off.
+    pub keyed: bool,
+    pub access: &'a Access,
+    /// This machine's host name, read once at startup.
+    pub hostname: Option<&'a str>,
+}
+
+impl<'a> Policy<'a> {
+    pub fn new(config: &'a Config, hostname: Option<&'a str>) -> Policy<'a> {
+        Policy {
+            keyed: !config.api_keys.is_empty(),
+            access: &config.access,
+            hostname,
+        }
+    }
+}
+
+/// What a CORS preflight answers in `Access-Control-Allow-Origin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cors {
+    /// `*`: llama-swap's answer, kept for keyed daemons and requests without `Origin`.
+    Any,
+    /// The request's own `Origin` (with `Vary: Origin`): an allowed page of a keyless daemon.
+    Echo,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The `Host` is not a name this machine answers to (DNS rebinding).
+    Host,
+    /// The `Origin` is not allowed.
+    Origin,
+    /// A form post (no preflight) from an origin that is not allowed.
+    FormPost,
+    /// No `Origin`, but fetch metadata or the `Referer` shows a foreign page sent it.
+    CrossSite,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow(Cors),
+    Refuse(Refusal),
+}
+
+/// The decision for one request.
+pub fn decide(facts: &Facts<'_>, policy: &Policy<'_>) -> Decision {
+    if policy.keyed {
+        return Decision::Allow(Cors::Any);
+    }
+    if facts.path == "/health" && facts.method != "OPTIONS" {
+        return Decision::Allow(Cors::Any);
+    }
+    if let Some(host) = facts.host.filter(|host| !host.is_empty()) {
+        if !host_allowed(split_authority(host).0, policy, true) {
+            return Decision::Refuse(Refusal::Host);
+        }
+    }
+    if let Some(origin) = facts.origin {
+        return if origin_allowed(origin, facts.host, policy) {
+            Decision::Allow(Cors::Echo)
+        } else if is_form(facts.content_type) {
+            Decision::Refuse(Refusal::FormPost)
+        } else {
+            Decision::Refuse(Refusal::Origin)
+        };
+    }
+    if policy.access.origins == OriginRule::Any || !sent_by_foreign_page(facts, policy) {
+        return Decision::Allow(Cors::Any);
+    }
+    let harmless = matches!(facts.method, "GET" | "HEAD" | "OPTIONS")
+        && !has_side_effects(facts.method, facts.path);
+    if harmless {
+        // A link to swapd from another site, say; the page cannot read the answer.
+        Decision::Allow(Cors::Any)
+    } else if is_form(facts.content_type) {
+        Decision::Refuse(Refusal::FormPost)
+    } else {
+        Decision::Refuse(Refusal::CrossSite)
+    }
+}
+
+/// The text of a 403 for `refusal`: what was refused and which setting opens it.
+pub fn refusal_message(refusal: Refusal, facts: &Facts<'_>) -> String {
+    const KEYLESS: &str = "this swapd has no apiKeys, so it serves web pages only from localhost \
+                           and its own address";
+    match refusal {
+        Refusal::Host => format!(
+            "host '{}' is not allowed: {KEYLESS}, and answers only requests addressed to \
+             localhost, an IP address or this machine's name (DNS rebinding protection); add the \
+             name to swapd.allowedHosts in the config, or set apiKeys",
+            facts.host.unwrap_or_default()
+        ),
+        Refusal::Origin => format!(
+            "origin '{}' is not allowed: {KEYLESS}; add the origin to swapd.allowedOrigins in \
+             the config, or set apiKeys",
+            facts.origin.unwrap_or_default()
+        ),
+        Refusal::FormPost => format!(
+            "a form post from '{}' is refused (cross-site request forgery protection): \
+             {KEYLESS}; add the origin to swapd.allowedOrigins in the config, or set apiKeys",
+            facts.origin.or(facts.referer).unwrap_or("another site")
+        ),
+        Refusal::CrossSite => format!(
+            "a request from another site ('{}') cannot use {} {}: {KEYLESS}; add the page's \
+             origin to swapd.allowedOrigins in the config, or set apiKeys",
+            facts.referer.unwrap_or("unknown page"),
+            facts.method,
+            facts.path
+        ),
+    }
+}
+
+/// The `code` of the 403's error envelope.
+pub fn refusal_code(refusal: Refusal) -> &'static str {
+    match refusal {
+        Refusal::Host => "host_not_allowed",
+        Refusal::Origin | Refusal::FormPost | Refusal::CrossSite => "origin_not_allowed",
+    }
+}
+
+/// Warnings to log at startup (and after a reload that changed them): a keyless swapd reachable
+/// from other machines, and settings that switch a protection off.
+pub fn exposure_warnings(config: &Config, listen: SocketAddr) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if !config.api_keys.is_empty() {
+        return warnings;
+    }
+    if !listen.ip().is_loopback() {
+        warnings.push(format!(
+            "listening on {listen}, which other machines can reach, without apiKeys: anyone on \
+             the network can run and unload models, reload the config and read the logs; set \
+             apiKeys in the config (or listen on 127.0.0.1)"
+        ));
+    }
+    if config.access.origins == OriginRule::Any {
+        warnings.push(
+            "swapd.allowedOrigins is \"*\" and there are no apiKeys: any web page the browser \
+             opens can run and unload models, reload the config and read the logs \
+             (llama-swap's behaviour); list the origins you use, or set apiKeys"
+                .to_string(),
+        );
+    }
+    if config.access.hosts == HostRule::Any {
+        warnings.push(
+            "swapd.allowedHosts is \"*\" and there are no apiKeys: pages can reach this swapd \
+             through DNS rebinding; list the host names you use, or set apiKeys"
+                .to_string(),
+        );
+    }
+    warnings
+}
+
+/// This machine's host name, lowercase (read once at startup).
+pub fn machine_hostname() -> Option<String> {
+    let mut buffer = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into the buffer we own.
+    let result =
+        unsafe { libc::gethostname(buffer.as_mut_ptr() as *mut libc::c_char, buffer.len()) };
+    if result != 0 {
+        return None;
+    }
+    let end = buffer.iter().position(|&byte| byte == 0)?;
+    let name = std::str::from_utf8(&buffer[..end]).ok()?.trim();
+    (!name.is_empty()).then(|| name.to_ascii_lowercase())
+}
+
+/// Routes that change something even when asked with GET: unloading, and anything that
+/// loads a model (model routes, `/upstream/…`).
+fn has_side_effects(method: &str, path: &str) -> bool {
+    path == "/unload"
+        || path.starts_with("/upstream/")
+        || super::extract::route(method, path).is_some()
+}
+
+/// Content types a page can post cross-origin without a preflight.
+fn is_form(content_type: Option<&str>) -> bool {
+    let Some(content_type) = content_type else {
+        return false;
+    };
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    [
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+        "text/plain",
+    ]
+    .iter()
+    .any(|form| essence.eq_ignore_ascii_case(form))
+}
+
+/// Whether a request without `Origin` was sent by a page of a foreign site.
+fn sent_by_foreign_page(facts: &Facts<'_>, policy: &Policy<'_>) -> bool {
+    match facts.fetch_site {
+        // The browser says; `same-site` pages (other ports of the same host) are local ones.
+        Some(site) => site.eq_ignore_ascii_case("cross-site"),
+        None => facts
+            .referer
+            .and_then(referer_origin)
+            .is_some_and(|origin| !origin_allowed(origin, facts.host, policy)),
+    }
+}
+
+/// `scheme://authority` of a Referer URL.
+fn referer_origin(referer: &str) -> Option<&str> {
+    let scheme_end = referer.find("://")? + 3;
+    let end = referer[scheme_end..]
+        .find(['/', '?', '#'])
+        .map_or(referer.len(), |offset| scheme_end + offset);
+    Some(&referer[..end])
+}
+
+/// Whether `host` (without port) is one this machine answers to. `wildcard` says whether
+/// `allowedHosts: "*"` counts: it does for the Host check, not for recognising swapd's own
+/// origin (or a rebinding page would pass as swapd itself).
+fn host_allowed(host: &str, policy: &Policy<'_>, wildcard: bool) -> bool {
+    if is_ip_literal(host)
+        || host.eq_ignore_ascii_case("localhost")
+        || ends_with_ignore_case(host, ".localhost")
+        || ends_with_ignore_case(host, ".local")
+        || ends_with_ignore_case(host, ".internal")
+        || is_single_label(host)
+        || policy
+            .hostname
+            .is_some_and(|name| host.eq_ignore_ascii_case(name))
+    {
+        return true;
+    }
+    match &policy.access.hosts {
+        HostRule::Any => wildcard,
+        HostRule::List(patterns) => patterns.iter().any(|pattern| pattern.matches(host)),
+    }
+}
+
+/// A name without dots (`swapd`, as Docker's networks name containers): the public DNS has
+/// no such names an attacker could point at a page.
+fn is_single_label(host: &str) -> bool {
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+}
+
+fn is_ip_literal(host: &str) -> bool {
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return inner.parse::<Ipv6Addr>().is_ok();
+    }
+    host.parse::<Ipv4Addr>().is_ok()
+}
+
+/// Whether a browser page at `origin` may use swapd.
+fn origin_allowed(origin: &str, host_header: Option<&str>, policy: &Policy<'_>) -> bool {
+    if policy.access.origins == OriginRule::Any {
+        return true;
+    }
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        // `null` (sandboxed frames, file: pages) and anything malformed.
+        return false;
+    };
+    let scheme = if scheme.eq_ignore_ascii_case("http") {
+        "http"
+    } else if scheme.eq_ignore_ascii_case("https") {
+        "https"
+    } else {
+        return false;
+    };
+    let (host, port) = split_authority(authority);
+    let Some(port) = effective_port(scheme, port) else {
+        return false;
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        return true;
+    }
+    // swapd's own origin: the page was served from the address this request is sent to.
+    if let Some(host_header) = host_header {
+        let (own_host, own_port) = split_authority(host_header);
+        if own_host.eq_ignore_ascii_case(host)
+            && effective_port(scheme, own_port) == Some(port)
+            && host_allowed(own_host, policy, false)
+        {
+            return true;
+        }
+    }
+    match &policy.access.origins {
+        OriginRule::Any => true,
+        OriginRule::List(patterns) => patterns
+            .iter()
+            .any(|pattern| pattern_matches(pattern, scheme, host, port)),
+    }
+}
+
+fn effective_port(scheme: &str, port: Option<&str>) -> Option<u16> {
+    match port {
+        None | Some("") => Some(if scheme == "https" { 443 } else { 80 }),
+        Some(digits) => digits.parse().ok(),
+    }
+}
+
+fn pattern_matches(pattern: &OriginPattern, scheme: &str, host: &str, port: u16) -> bool {
+    if pattern.scheme.is_some_and(|wanted| wanted != scheme) || !pattern.host.matches(host) {
+        return false;
+    }
+    match pattern.port {
+        PortPattern::Any => true,
+        PortPattern::Default => effective_port(scheme, None) == Some(port),
+        PortPattern::Exact(wanted) => wanted == port,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HostPattern;
+
+    const ALLOW: Decision = Decision::Allow(Cors::Any);
+    const ECHO: Decision = Decision::Allow(Cors::Echo);
+    const HOST: Decision = Decision::Refuse(Refusal::Host);
+    const ORIGIN: Decision = Decision::Refuse(Refusal::Origin);
+    const FORM: Decision = Decision::Refuse(Refusal::FormPost);
+    const CROSS: Decision = Decision::Refuse(Refusal::CrossSite);
+
+    fn request<'a>(method: &'a str, path: &'a str) -> Facts<'a> {
+        Facts {
+            method,
+            path,
+            host: Some("127.0.0.1:8080"),
+            ..Facts::default()
+        }
+    }
+
+    fn access(origins: &[&str], hosts: &[&str]) -> Access {
+        let origins: Vec<Option<OriginPattern>> = origins
+            .iter()
+            .map(|o| crate::config::access_parse_origin(o).expect("valid"))
+            .collect();
+        let hosts: Vec<Option<HostPattern>> = hosts
+            .iter()
+            .map(|h| crate::config::access_parse_host(h).expect("valid"))
+            .collect();
+        Access {
+            origins: if origins.iter().any(Option::is_none) {
+                OriginRule::Any
+            } else {
+                OriginRule::List(origins.into_iter().flatten().collect())
+            },
+            hosts: if hosts.iter().any(Option::is_none) {
+                HostRule::Any
+            } else {
+                HostRule::List(hosts.into_iter().flatten().collect())
+            },
+        }
+    }
+
+    fn check(facts: Facts<'_>, access: &Access, keyed: bool) -> Decision {
+        decide(
+            &facts,
+            &Policy {
+                keyed,
+                access,
+                hostname: Some("workstation"),
+            },
+        )
+    }
+
+    #[test]
+    fn origins() {
+        let none = access(&[], &[]);
+        let listed = access(
+            &[
+                "https://app.example.com",
+                "*.corp.example",
+                "http://dev.example:3000",
+            ],
+            &[],
+        );
+        let star = access(&["*"], &[]);
+        let post = |origin| Facts {
+            origin: Some(origin),
+            content_type: Some("application/json"),
+            ..request("POST", "/api/models/unload")
+        };
+        let cases: &[(&str, &Access, Decision)] = &[
+            ("http://localhost", &none, ECHO),
+            ("http://localhost:5173", &none, ECHO),
+            ("https://LOCALHOST:8443", &none, ECHO),
+            ("http://127.0.0.1:3000", &none, ECHO),
+            ("http://127.8.9.10", &none, ECHO),
+            ("http://[::1]:3000", &none, ECHO),
+            // swapd's own origin (the Host the request is addressed to).
+            ("http://127.0.0.1:8080", &none, ECHO),
+            ("https://evil.example", &none, ORIGIN),
+            ("http://localhost.evil.example", &none, ORIGIN),
+            ("null", &none, ORIGIN),
+            ("file://", &none, ORIGIN),
+            ("chrome-extension://abc", &none, ORIGIN),
+            ("http://localhost:notaport", &none, ORIGIN),
+            ("https://app.example.com", &listed, ECHO),
+            ("https://app.example.com:443", &listed, ECHO),
+            ("http://app.example.com", &listed, ORIGIN),
+            ("https://app.example.com:8443", &listed, ORIGIN),
+            ("https://a.corp.example:9999", &listed, ECHO),
+            ("http://b.a.corp.example", &listed, ECHO),
+            ("https://corp.example", &listed, ORIGIN),
+            ("http://dev.example:3000", &listed, ECHO),
+            ("http://dev.example:3001", &listed, ORIGIN),
+            ("https://evil.example", &star, ECHO),
+            ("null", &star, ECHO),
+        ];
+        for (origin, access, expected) in cases {
+            assert_eq!(
+                check(post(origin), access, false),
+                *expected,
+                "{origin} with {access:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn own_origin_needs_an_allowed_host() {
+        let own = |host, origin| Facts {
+            host: Some(host),
+            origin: Some(origin),
+            ..request("POST", "/unload")
+        };
+        let none = access(&[], &[]);
+        let proxied = access(&[], &["llm.example.com"]);
+        let any_host = access(&[], &["*"]);
+        let cases: &[(&str, &str, &Access, Decision)] = &[
+            ("192.168.1.5:8080", "http://192.168.1.5:8080", &none, ECHO),
+            ("192.168.1.5:8080", "http://192.168.1.5:8081", &none, ORIGIN),
+            ("workstation:8080", "http://workstation:8080", &none, ECHO),
+            ("Workstation:8080", "http://workstation:8080", &none, ECHO),
+            ("swapd:8080", "http://swapd:8080", &none, ECHO),
+            // Behind a reverse proxy that passes Host on, listed in allowedHosts.
+            ("llm.example.com", "https://llm.example.com", &proxied, ECHO),
+            (
+                "llm.example.com:443",
+                "https://llm.example.com",
+                &proxied,
+                ECHO,
+            ),
+            ("llm.example.com", "http://llm.example.com", &proxied, ECHO),
+            (
+                "llm.example.com",
+                "https://other.example.com",
+                &proxied,
+                ORIGIN,
+            ),
+            // With the Host check off, a rebinding page must not count as swapd itself.
+            (
+                "evil.example:8080",
+                "http://evil.example:8080",
+                &any_host,
+                ORIGIN,
+            ),
+            (
+                "evil.example:8080",
+                "http://localhost:3000",
+                &any_host,
+                ECHO,
+            ),
+        ];
+        for (host, origin, access, expected) in cases {
+            assert_eq!(
+                check(own(host, origin), access, false),
+                *expected,
+                "Host {host}, Origin {origin}"
+            );
+        }
+    }
+
+    #[test]
+    fn hosts() {
+        let none = access(&[], &[]);
+        let listed = access(&[], &["llm.example.com", "*.lan.example"]);
+        let star = access(&[], &["*"]);
+        let cases: &[(Option<&str>, &Access, Decision)] = &[
+            (None, &none, ALLOW),
+            (Some(""), &none, ALLOW),
+            (Some("127.0.0.1:8080"), &none, ALLOW),
+            (Some("10.1.2.3"), &none, ALLOW),
+            (Some("[::1]:8080"), &none, ALLOW),
+            (Some("[fe80::1]"), &none, ALLOW),
+            (Some("localhost:8080"), &none, ALLOW),
+            (Some("LocalHost"), &none, ALLOW),
+            (Some("app.localhost:8080"), &none, ALLOW),
+            (Some("workstation:8080"), &none, ALLOW),
+            (Some("nas.local:8080"), &none, ALLOW),
+            (Some("host.docker.internal:8080"), &none, ALLOW),
+            (Some("swapd:8080"), &none, ALLOW),
+            (Some("evil.example:8080"), &none, HOST),
+            (Some("localhost.evil.example"), &none, HOST),
+            (Some("127.0.0.1.nip.io:8080"), &none, HOST),
+            (Some("[::1"), &none, HOST),
+            (Some("llm.example.com"), &listed, ALLOW),
+            (Some("LLM.Example.com:8080"), &listed, ALLOW),
+            (Some("gpu.lan.example"), &listed, ALLOW),
+            (Some("lan.example"), &listed, HOST),
+            (Some("evil.example:8080"), &listed, HOST),
+            (Some("evil.example:8080"), &star, ALLOW),
+        ];
+        for (host, access, expected) in cases {
+            let facts = Facts {
+                host: *host,
+                ..request("GET", "/running")
+            };
+            assert_eq!(check(facts, access, false), *expected, "Host {host:?}");
+        }
+    }
+
+    #[test]
+    fn health_is_always_open_but_not_its_preflight() {
+        let none = access(&[], &[]);
+        let evil = |method| Facts {
+            host: Some("evil.example"),
+            origin: Some("https://evil.example"),
+            ..request(method, "/health")
+        };
+        assert_eq!(check(evil("GET"), &none, false), ALLOW);
+        assert_eq!(check(evil("HEAD"), &none, false), ALLOW);
+        assert_eq!(check(evil("OPTIONS"), &none, false), HOST);
+    }
+
+    #[test]
+    #[allow(clippy::type_complexity)] // The row type of a table.
+    fn requests_without_origin() {
+        let none = access(&[], &[]);
+        let star = access(&["*"], &[]);
+        let cases: &[(
+            &str,
+            &str,
+            Option<&str>,
+            Option<&str>,
+            Option<&str>,
+            &Access,
+            Decision,
+        )] = &[
+            // curl, SDKs, servers.
+            ("POST", "/api/models/unload", None, None, None, &none, ALLOW),
+            ("GET", "/unload", None, None, None, &none, ALLOW),
+            (
+                "POST",
+                "/v1/chat/completions",
+                None,
+                None,
+                Some("application/x-www-form-urlencoded"),
+                &none,
+                ALLOW,
+            ),
+            // The user typed the address, or a same-origin page.
+            ("GET", "/unload", Some("none"), None, None, &none, ALLOW),
+            (
+                "GET",
+                "/unload",
+                Some("same-origin"),
+                None,
+                None,
+                &none,
+                ALLOW,
+            ),
+            (
+                "GET",
+                "/unload",
+                Some("same-site"),
+                None,
+                None,
+                &none,
+                ALLOW,
+            ),
+            // <img src="http://localhost:8080/unload"> on another site.
+            (
+                "GET",
+                "/unload",
+                Some("cross-site"),
+                None,
+                None,
+                &none,
+                CROSS,
+            ),
+            (
+                "GET",
+                "/upstream/a/",
+                Some("cross-site"),
+                None,
+                None,
+                &none,
+                CROSS,
+            ),
+            (
+                "GET",
+                "/v1/audio/voices",
+                Some("Cross-Site"),
+                None,
+                None,
+                &none,
+                CROSS,
+            ),
+            (
+                "POST",
+                "/api/config/reload",
+                Some("cross-site"),
+                None,
+                None,
+                &none,
+                CROSS,
+            ),
+            (
+                "POST",
+                "/v1/chat/completions",
+                Some("cross-site"),
+                None,
+                Some("text/plain;charset=UTF-8"),
+                &none,
+                FORM,
+            ),
+            // A link to a page of swapd's from another site is harmless.
+            ("GET", "/ui/", Some("cross-site"), None, None, &none, ALLOW),
+            (
+                "GET",
+                "/running",
+                Some("cross-site"),
+                None,
+                None,
+                &none,
+                ALLOW,
+            ),
+            // Without fetch metadata, the Referer tells.
+            (
+                "GET",
+                "/unload",
+                None,
+                Some("https://evil.example/page?x"),
+                None,
+                &none,
+                CROSS,
+            ),
+            (
+                "POST",
+                "/unload",
+                None,
+                Some("https://evil.example"),
+                Some("multipart/form-data; boundary=x"),
+                &none,
+                FORM,
+            ),
+            (
+                "GET",
+                "/unload",
+                None,
+                Some("http://localhost:3000/dash"),
+                None,
+                &none,
+                ALLOW,
+            ),
+            (
+                "GET",
+                "/unload",
+                None,
+                Some("http://127.0.0.1:8080/ui/"),
+                None,
+                &none,
+                ALLOW,
+            ),
+            (
+                "GET",
+                "/running",
+                None,
+                Some("https://evil.example/"),
+                None,
+                &none,
+                ALLOW,
+            ),
+            // Fetch metadata outranks the Referer.
+            (
+                "GET",
+                "/unload",
+                Some("same-origin"),
+                Some("https://evil.example/"),
+                None,
+                &none,
+                ALLOW,
+            ),
+            // allowedOrigins "*" is llama-swap's behaviour.
+            (
+                "GET",
+                "/unload",
+                Some("cross-site"),
+                None,
+                None,
+                &star,
+                ALLOW,
+            ),
+        ];
+        for (method, path, site, referer, content_type, access, expected) in cases {
+            let facts = Facts {
+                fetch_site: *site,
+                referer: *referer,
+                content_type: *content_type,
+                ..request(method, path)
+            };
+            assert_eq!(
+                check(facts, access, false),
+                *expected,
+                "{method} {path} site={site:?} referer={referer:?} type={content_type:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn form_posts_from_foreign_origins() {
+        let none = access(&[], &[]);
+        for content_type in [
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=----x",
+            "text/plain",
+            "TEXT/PLAIN; charset=utf-8",
+        ] {
+            let facts = Facts {
+                origin: Some("https://evil.example"),
+                content_type: Some(content_type),
+                ..request("POST", "/api/models/unload")
+            };
+            assert_eq!(check(facts, &none, false), FORM, "{content_type}");
+            let local = Facts {
+                origin: Some("http://localhost:3000"),
+                ..facts
+            };
+            assert_eq!(
+                check(local, &none, false),
+                ECHO,
+                "{content_type} from localhost"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_turn_every_check_off() {
+        let none = access(&[], &[]);
+        let facts = Facts {
+            host: Some("evil.example"),
+            origin: Some("https://evil.example"),
+            fetch_site: Some("cross-site"),
+            content_type: Some("text/plain"),
+            ..request("POST", "/api/models/unload")
+        };
+        assert_eq!(check(facts, &none, true), ALLOW);
+        assert_eq!(check(facts, &none, false), HOST);
+    }
+
+    #[test]
+    fn messages_name_the_setting() {
+        let facts = Facts {
+            host: Some("evil.example:8080"),
+            origin: Some("https://evil.example"),
+            ..request("POST", "/unload")
+        };
+        let host = refusal_message(Refusal::Host, &facts);
+        assert!(host.contains("'evil.example:8080'") && host.contains("swapd.allowedHosts"));
+        for refusal in [Refusal::Origin, Refusal::FormPost, Refusal::CrossSite] {
+            let message = refusal_message(refusal, &facts);
+            assert!(message.contains("swapd.allowedOrigins"), "{message}");
+            assert!(message.contains("apiKeys"), "{message}");
+        }
+    }
+
+    #[test]
+    fn warnings() {
+        let loopback: SocketAddr = "127.0.0.1:8080".parse().expect("address");
+        let everywhere: SocketAddr = "0.0.0.0:8080".parse().expect("address");
+        let mut config = Config::default();
+        assert!(exposure_warnings(&config, loopback).is_empty());
+        let exposed = exposure_warnings(&config, everywhere);
+        assert_eq!(exposed.len(), 1);
+        assert!(exposed[0].contains("0.0.0.0:8080") && exposed[0].contains("apiKeys"));
+        config.access = access(&["*"], &["*"]);
+        let open = exposure_warnings(&config, loopback);
+        assert_eq!(open.len(), 2);
+        assert!(open[0].contains("allowedOrigins"), "{open:?}");
+        assert!(open[1].contains("allowedHosts"), "{open:?}");
+        config.api_keys = vec!["k".to_string()];
+        assert!(exposure_warnings(&config, everywhere).is_empty());
+    }
+
+    #[test]
+    fn referer_origins() {
+        assert_eq!(
+            referer_origin("https://a.example/x/y"),
+            Some("https://a.example")
+        );
+        assert_eq!(referer_origin("http://a:1?q"), Some("http://a:1"));
+        assert_eq!(referer_origin("http://a:1"), Some("http://a:1"));
+        assert_eq!(referer_origin("garbage"), None);
+    }
+}
