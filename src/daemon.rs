@@ -218,8 +218,8 @@ pub fn run(options: Options) -> Result<(), String> {
         )
         .map_err(|e| format!("cannot start the HTTP server: {e}"))?,
     );
-    if !local_addr.ip().is_loopback() {
-        log::warn!("listening on {local_addr}, which is reachable from other hosts; set apiKeys");
+    for warning in proxy::origin::exposure_warnings(&config, local_addr) {
+        log::warn!("{warning}");
     }
     log::info!(
         "swapd {} listening on http://{local_addr}",

@@ -51,6 +51,11 @@ fn reload(path: &Path, app: &App) -> Result<ReloadSummary, String> {
     {
         log::warn!("reload: logToStdout and the swapd: limits take effect only after a restart");
     }
+    if old.access != new.access || old.api_keys.is_empty() != new.api_keys.is_empty() {
+        for warning in crate::proxy::origin::exposure_warnings(&new, app.local_addr) {
+            log::warn!("{warning}");
+        }
+    }
     // The supervisor first, so a model that just became routable is known to it.
     let summary = app.supervisor.reconfigure(new.clone());
     app.set_config(new.clone());

@@ -44,6 +44,8 @@ pub struct App {
     /// Per-request metrics (token scanning, counters, rows). Only the proxy benchmark turns
     /// them off (`SWAPD_BENCH_NO_REQUEST_METRICS=1`), to measure what they add to latency.
     pub request_metrics: bool,
+    /// This machine's host name, read once at startup for the `Host` check (see [`origin`]).
+    pub hostname: Option<String>,
 }
 
 impl App {
@@ -71,6 +73,7 @@ impl App {
                 .ok()
                 .filter(|path| !path.is_empty()),
             request_metrics: std::env::var_os("SWAPD_BENCH_NO_REQUEST_METRICS").is_none(),
+            hostname: origin::machine_hostname(),
         }
     }
 

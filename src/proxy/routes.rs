@@ -13,6 +13,7 @@ use crate::supervisor::{AcquireError, Phase, Reply};
 
 use super::extract::{self, ModelSource};
 use super::forward::{self, Destination, Outgoing};
+use super::origin;
 use super::{client_of_request, read_body, App};
 
 pub fn handle(app: &App, request: tiny_http::Request, active: usize) {
@@ -26,8 +27,27 @@ pub fn handle(app: &App, request: tiny_http::Request, active: usize) {
     if app.fault_panic_path.as_deref() == Some(path) {
         panic!("fault injection: SWAPD_FAULT_PANIC_PATH matched {path}");
     }
+    // Who may use a keyless swapd, before anything else (the preflight's answer included).
+    let cors = {
+        let config = app.config();
+        let policy = origin::Policy::new(&config, app.hostname.as_deref());
+        let facts = if policy.keyed {
+            origin::Facts::default()
+        } else {
+            access_facts(&request, &method, path)
+        };
+        match origin::decide(&facts, &policy) {
+            origin::Decision::Allow(cors) => cors,
+            origin::Decision::Refuse(refusal) => {
+                let message = origin::refusal_message(refusal, &facts);
+                log::info!("{method} {path} refused: {message}");
+                let code = origin::refusal_code(refusal);
+                return http::send_error(request, 403, &message, Some(code), &[]);
+            }
+        }
+    };
     if method == "OPTIONS" {
-        return preflight(request);
+        return preflight(request, cors);
     }
     if path == "/health" {
         return http::send_text(request, 200, "OK");
@@ -139,7 +159,36 @@ fn is_traversal(path: &str) -> bool {
     }
 }
 
-fn preflight(request: tiny_http::Request) {
+/// The headers the access decision reads, found in one pass without allocating.
+fn access_facts<'a>(
+    request: &'a tiny_http::Request,
+    method: &'a str,
+    path: &'a str,
+) -> origin::Facts<'a> {
+    let mut facts = origin::Facts {
+        method,
+        path,
+        ..origin::Facts::default()
+    };
+    for header in request.headers() {
+        let value = Some(header.value.as_str());
+        let field = &header.field;
+        if field.equiv("Host") {
+            facts.host = value;
+        } else if field.equiv("Origin") {
+            facts.origin = value;
+        } else if field.equiv("Sec-Fetch-Site") {
+            facts.fetch_site = value;
+        } else if field.equiv("Referer") {
+            facts.referer = value;
+        } else if field.equiv("Content-Type") {
+            facts.content_type = value;
+        }
+    }
+    facts
+}
+
+fn preflight(request: tiny_http::Request, cors: origin::Cors) {
     let requested = header(&request, "Access-Control-Request-Headers")
         .map(|h| {
             h.split(',')
@@ -152,20 +201,25 @@ fn preflight(request: tiny_http::Request) {
         .unwrap_or_else(|| {
             "Content-Type, Authorization, Accept, X-Requested-With, x-api-key".to_string()
         });
-    let _ = ResponseWriter::send_whole(
-        request,
-        204,
-        &[
-            ("Access-Control-Allow-Origin", "*"),
-            (
-                "Access-Control-Allow-Methods",
-                "GET, POST, PUT, PATCH, DELETE, OPTIONS",
-            ),
-            ("Access-Control-Allow-Headers", &requested),
-            ("Access-Control-Max-Age", "86400"),
-        ],
-        b"",
-    );
+    // A keyless swapd names the (allowed) page's origin rather than `*`, so a cache between
+    // the browser and swapd must key on it.
+    let origin = match cors {
+        origin::Cors::Echo => header(&request, "Origin").unwrap_or("*").to_string(),
+        origin::Cors::Any => "*".to_string(),
+    };
+    let mut headers = vec![
+        ("Access-Control-Allow-Origin", origin.as_str()),
+        (
+            "Access-Control-Allow-Methods",
+            "GET, POST, PUT, PATCH, DELETE, OPTIONS",
+        ),
+        ("Access-Control-Allow-Headers", &requested),
+        ("Access-Control-Max-Age", "86400"),
+    ];
+    if cors == origin::Cors::Echo {
+        headers.push(("Vary", "Origin"));
+    }
+    let _ = ResponseWriter::send_whole(request, 204, &headers, b"");
 }
 
 fn is_token_byte(byte: u8) -> bool {

@@ -8,4 +8,5 @@ mod ops;
 mod proxy;
 mod reload;
 mod robustness;
+mod security;
 mod supervisor;
