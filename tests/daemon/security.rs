@@ -640,3 +640,154 @@ fn a_bad_allowed_origin_is_a_config_error_naming_line_and_key() {
     assert!(stderr.contains("swapd.allowedOrigins[1]"), "{stderr}");
     assert!(stderr.contains("has a path"), "{stderr}");
 }
+
+/// nginx in the foreground on its own prefix, stopped (SIGTERM, then SIGKILL) on drop.
+struct Nginx {
+    child: std::process::Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Nginx {
+    /// Starts nginx with `locations` (server-block text) on a free port, or `None` when nginx
+    /// is not installed and `SWAPD_REQUIRE_NGINX` is unset (CI sets it, so there it fails).
+    fn start(locations: &str) -> Option<Nginx> {
+        let binary = ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]
+            .into_iter()
+            .find(|path| std::path::Path::new(path).exists());
+        let Some(binary) = binary else {
+            assert!(
+                std::env::var_os("SWAPD_REQUIRE_NGINX").is_none(),
+                "nginx is not installed but SWAPD_REQUIRE_NGINX is set (apt-get install nginx)"
+            );
+            eprintln!("SKIPPED: nginx is not installed (apt-get install nginx)");
+            return None;
+        };
+        let dir = TempDir::new("nginx");
+        let prefix = dir.path().to_str().expect("utf-8 temp path").to_string();
+        let port = free_port_range(1);
+        // SAFETY: geteuid has no preconditions.
+        let user = if unsafe { libc::geteuid() } == 0 {
+            "user root;"
+        } else {
+            ""
+        };
+        let conf = format!(
+            "{user}\nworker_processes 1;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {prefix}/body;\n  \
+             proxy_temp_path {prefix}/proxy;\n  fastcgi_temp_path {prefix}/fastcgi;\n  \
+             uwsgi_temp_path {prefix}/uwsgi;\n  scgi_temp_path {prefix}/scgi;\n  \
+             server {{\n    listen 127.0.0.1:{port};\n{locations}\n  }}\n}}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).expect("write nginx.conf");
+        let child = std::process::Command::new(binary)
+            .args(["-p", &prefix, "-c", &format!("{prefix}/nginx.conf")])
+            .args(["-g", "daemon off;"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        let mut nginx = Nginx {
+            child,
+            port,
+            _dir: dir,
+        };
+        wait_for("nginx to listen", Duration::from_secs(10), || {
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                let log = std::fs::read_to_string(nginx._dir.path().join("error.log"));
+                panic!("nginx exited ({status}): {log:?}");
+            }
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| ())
+        });
+        Some(nginx)
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        kill(self.child.id(), libc::SIGTERM);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// README's reverse-proxy example, run: nginx under a path prefix passing `Host` on.
+#[test]
+fn behind_nginx_with_a_path_prefix_the_proxied_origin_is_swapd_own() {
+    let daemon = Daemon::start(&simple_config(
+        &["a"],
+        "",
+        "swapd:\n  allowedHosts: [llm.example.com]\n",
+    ));
+    let Some(nginx) = Nginx::start(&format!(
+        "    location /swapd/ {{\n      proxy_pass http://{swapd}/;\n      \
+         proxy_set_header Host $http_host;\n      proxy_http_version 1.1;\n      \
+         proxy_buffering off;\n    }}\n    \
+         location /plain/ {{\n      proxy_pass http://{swapd}/;\n      proxy_http_version 1.1;\n    }}",
+        swapd = daemon.addr
+    )) else {
+        return;
+    };
+    let front = nginx.addr();
+    let public = format!("llm.example.com:{}", nginx.port);
+    let page = format!("http://{public}");
+    let through = |path: &str, host: &str, origin: &str, body: &str| {
+        send(
+            &front,
+            "POST",
+            path,
+            &[
+                ("Host", host),
+                ("Origin", origin),
+                ("Content-Type", "application/json"),
+            ],
+            body,
+        )
+    };
+
+    let chat = through(
+        "/swapd/v1/chat/completions",
+        &public,
+        &page,
+        &chat_body("a"),
+    );
+    assert_eq!(chat.status, 200, "{}", chat.body);
+    daemon.wait_running(&["a"]);
+    let foreign = through("/swapd/api/models/unload", &public, EVIL, "");
+    assert_eq!(foreign.status, 403, "{}", foreign.body);
+    assert_eq!(foreign.error_code(), "origin_not_allowed");
+    let rebinding = through(
+        "/swapd/api/models/unload",
+        &format!("evil.example:{}", nginx.port),
+        &format!("http://evil.example:{}", nginx.port),
+        "",
+    );
+    assert_eq!(rebinding.status, 403, "{}", rebinding.body);
+    assert_eq!(rebinding.error_code(), "host_not_allowed");
+    daemon.wait_running(&["a"]);
+    // nginx's default Host is the upstream address: the page is then not swapd's own origin.
+    let default_host = through("/plain/api/models/unload", &public, &page, "");
+    assert_eq!(default_host.status, 403, "{}", default_host.body);
+    assert!(default_host.error_message().contains("allowedOrigins"));
+
+    let unload = through("/swapd/api/models/unload", &public, &page, "");
+    assert_eq!(unload.status, 200, "{}", unload.body);
+    wait_for("a unloaded", Duration::from_secs(20), || {
+        daemon.running_states().is_empty().then_some(())
+    });
+}
