@@ -58,6 +58,7 @@ bench:
 	$(CARGO) bench --bench logbuf
 	$(CARGO) bench --bench metrics
 	$(CARGO) bench --bench extract
+	$(CARGO) bench --bench access
 	$(CARGO) bench --bench proxy
 
 # Throughput through swapd versus direct with a real llama-server (needs the e2e install).

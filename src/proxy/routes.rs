@@ -1,7 +1,8 @@
 //! Route dispatch and the handlers of every endpoint.
 //!
-//! Order, as llama-swap: CORS preflight and `/health` first (no auth), then auth, then the
-//! route. Every error swapd produces goes through [`crate::http::send_error`].
+//! Order: the access decision for keyless daemons first (`origin`: foreign pages and `Host`
+//! names get 403), then as llama-swap: CORS preflight and `/health` (no auth), then auth, then
+//! the route. Every error swapd produces goes through [`crate::http::send_error`].
 
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
