@@ -295,6 +295,42 @@ mod tests {
         assert!(!exact("llm.example.com").matches("llm.example.com.evil"));
     }
 
+    fn load(text: &str) -> Result<crate::config::Config, String> {
+        crate::config::parse(text, std::path::Path::new("config.yaml"), &|_| None)
+            .map(|loaded| loaded.config)
+            .map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn the_loader_builds_the_rules() {
+        let config = load("models: {}\n").expect("loads");
+        assert_eq!(config.access, Access::default());
+        let config = load(
+            "swapd:\n  allowedOrigins: [\"https://a.example\", \"*\"]\n  allowedHosts: [b.example]\n",
+        )
+        .expect("loads");
+        assert_eq!(config.access.origins, OriginRule::Any, "'*' anywhere wins");
+        assert_eq!(
+            config.access.hosts,
+            HostRule::List(vec![exact("b.example")])
+        );
+    }
+
+    #[test]
+    fn loader_errors_name_line_and_key() {
+        let error = load("swapd:\n  allowedHosts:\n    - ok.example\n    - bad.example:8080\n")
+            .expect_err("a port");
+        assert!(
+            error.starts_with("config.yaml:4:") && error.contains("swapd.allowedHosts[1]"),
+            "{error}"
+        );
+        let error = load("swapd:\n  allowedOrigins: https://a.example\n").expect_err("not a list");
+        assert!(
+            error.contains("config.yaml:2:") && error.contains("swapd.allowedOrigins"),
+            "{error}"
+        );
+    }
+
     #[test]
     fn authorities_split() {
         assert_eq!(split_authority("a.b:80"), ("a.b", Some("80")));
