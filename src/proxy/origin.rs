@@ -8,9 +8,11 @@
 //! - **Host** (DNS rebinding): a page on `evil.example` whose name is re-pointed to 127.0.0.1
 //!   is same-origin with swapd as far as the browser knows, but its requests still carry
 //!   `Host: evil.example`. The `Host` must be an IP literal, `localhost` or `*.localhost`, the
-//!   machine's name, a single-label name (`swapd`, as Docker networks use), a `*.local` or
-//!   `*.internal` name, or in `allowedHosts`. None of these can be made to resolve to a page an
-//!   attacker serves from the public internet.
+//!   machine's name (or `name.local`), a single-label name (`swapd`, as Docker networks name
+//!   containers), a `*.internal` name (`host.docker.internal`), or in `allowedHosts`. None of
+//!   these can be made to resolve to a page an attacker serves from the public internet (an
+//!   attacker on the local network can answer single-label lookups, but can also reach a
+//!   swapd that listens beyond loopback directly).
 //! - **Origin**: a request with an `Origin` is served only from localhost pages, swapd's own
 //!   origin (so a UI served by swapd works, also behind a reverse proxy that keeps `Host`), and
 //!   `allowedOrigins`. Refusing before the handler also stops form posts, which browsers send
@@ -264,12 +266,11 @@ fn host_allowed(host: &str, policy: &Policy<'_>, wildcard: bool) -> bool {
     if is_ip_literal(host)
         || host.eq_ignore_ascii_case("localhost")
         || ends_with_ignore_case(host, ".localhost")
-        || ends_with_ignore_case(host, ".local")
         || ends_with_ignore_case(host, ".internal")
         || is_single_label(host)
         || policy
             .hostname
-            .is_some_and(|name| host.eq_ignore_ascii_case(name))
+            .is_some_and(|name| is_machine_name(host, name))
     {
         return true;
     }
@@ -277,6 +278,16 @@ fn host_allowed(host: &str, policy: &Policy<'_>, wildcard: bool) -> bool {
         HostRule::Any => wildcard,
         HostRule::List(patterns) => patterns.iter().any(|pattern| pattern.matches(host)),
     }
+}
+
+/// The machine's name, or its mDNS name (`name.local`). Other `.local` names are not trusted:
+/// anyone on the local network can announce them.
+fn is_machine_name(host: &str, name: &str) -> bool {
+    if host.eq_ignore_ascii_case(name) {
+        return true;
+    }
+    ends_with_ignore_case(host, ".local")
+        && host[..host.len() - ".local".len()].eq_ignore_ascii_case(name)
 }
 
 /// A name without dots (`swapd`, as Docker's networks name containers): the public DNS has
@@ -538,7 +549,10 @@ mod tests {
             (Some("LocalHost"), &none, ALLOW),
             (Some("app.localhost:8080"), &none, ALLOW),
             (Some("workstation:8080"), &none, ALLOW),
-            (Some("nas.local:8080"), &none, ALLOW),
+            (Some("workstation.local:8080"), &none, ALLOW),
+            (Some("WorkStation.Local"), &none, ALLOW),
+            (Some("nas.local:8080"), &none, HOST),
+            (Some("workstation.evil.example"), &none, HOST),
             (Some("host.docker.internal:8080"), &none, ALLOW),
             (Some("swapd:8080"), &none, ALLOW),
             (Some("evil.example:8080"), &none, HOST),
