@@ -46,6 +46,8 @@ pub enum HostPattern {
     Exact(String),
     /// The suffix including its leading dot: `.example.com`.
     Suffix(String),
+    /// `*` after a scheme in `allowedOrigins` (`chrome-extension://*`): any host.
+    Any,
 }
 
 impl HostPattern {
@@ -54,6 +56,7 @@ impl HostPattern {
         match self {
             HostPattern::Exact(name) => host.eq_ignore_ascii_case(name),
             HostPattern::Suffix(suffix) => ends_with_ignore_case(host, suffix),
+            HostPattern::Any => true,
         }
     }
 }
@@ -68,12 +71,13 @@ pub enum PortPattern {
     Exact(u16),
 }
 
-/// One `allowedOrigins` entry: `[scheme://]host[:port]`, where host may be `*.example.com`.
-/// Without a scheme it matches http and https on any port.
+/// One `allowedOrigins` entry: `[scheme://]host[:port]`, where host may be `*.example.com`
+/// (or `*` after a scheme, for `chrome-extension://*`). Without a scheme it matches http and
+/// https on any port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OriginPattern {
-    /// `http` or `https`; `None` matches both.
-    pub scheme: Option<&'static str>,
+    /// Lowercase scheme (`https`, `chrome-extension`, ...); `None` matches http and https.
+    pub scheme: Option<String>,
     pub host: HostPattern,
     pub port: PortPattern,
 }
@@ -111,12 +115,15 @@ pub(crate) fn parse_origin(entry: &str) -> Result<Option<OriginPattern>, String>
         return Ok(None);
     }
     let (scheme, rest) = match entry.split_once("://") {
-        Some(("http", rest)) => (Some("http"), rest),
-        Some(("https", rest)) => (Some("https"), rest),
-        Some((other, _)) => {
-            return Err(format!(
-                "'{entry}' has the scheme '{other}'; browser origins are http:// or https://"
-            ))
+        Some((scheme, rest)) => {
+            let valid = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+            if !valid {
+                return Err(format!("'{entry}' has an invalid scheme '{scheme}'"));
+            }
+            (Some(scheme.to_string()), rest)
         }
         None => (None, entry.as_str()),
     };
@@ -137,11 +144,12 @@ pub(crate) fn parse_origin(entry: &str) -> Result<Option<OriginPattern>, String>
             Err(_) => return Err(format!("'{entry}' has an invalid port '{digits}'")),
         },
     };
-    Ok(Some(OriginPattern {
-        scheme,
-        host: parse_host_name(host)?,
-        port,
-    }))
+    let host = if host == "*" && scheme.is_some() {
+        HostPattern::Any
+    } else {
+        parse_host_name(host)?
+    };
+    Ok(Some(OriginPattern { scheme, host, port }))
 }
 
 fn parse_host_name(host: &str) -> Result<HostPattern, String> {
@@ -202,7 +210,7 @@ mod tests {
             (
                 "https://App.Example.com",
                 Some(OriginPattern {
-                    scheme: Some("https"),
+                    scheme: Some("https".to_string()),
                     host: exact("app.example.com"),
                     port: PortPattern::Default,
                 }),
@@ -210,7 +218,7 @@ mod tests {
             (
                 "http://app.example.com:3000/",
                 Some(OriginPattern {
-                    scheme: Some("http"),
+                    scheme: Some("http".to_string()),
                     host: exact("app.example.com"),
                     port: PortPattern::Exact(3000),
                 }),
@@ -226,15 +234,31 @@ mod tests {
             (
                 "https://*.example.com:*",
                 Some(OriginPattern {
-                    scheme: Some("https"),
+                    scheme: Some("https".to_string()),
                     host: HostPattern::Suffix(".example.com".to_string()),
                     port: PortPattern::Any,
                 }),
             ),
             (
+                "chrome-extension://*",
+                Some(OriginPattern {
+                    scheme: Some("chrome-extension".to_string()),
+                    host: HostPattern::Any,
+                    port: PortPattern::Default,
+                }),
+            ),
+            (
+                "vscode-webview://abc123",
+                Some(OriginPattern {
+                    scheme: Some("vscode-webview".to_string()),
+                    host: exact("abc123"),
+                    port: PortPattern::Default,
+                }),
+            ),
+            (
                 "http://[::1]:9000",
                 Some(OriginPattern {
-                    scheme: Some("http"),
+                    scheme: Some("http".to_string()),
                     host: exact("[::1]"),
                     port: PortPattern::Exact(9000),
                 }),
@@ -248,7 +272,7 @@ mod tests {
     #[test]
     fn bad_origin_entries_are_errors() {
         for (entry, needle) in [
-            ("ftp://x.example", "scheme"),
+            ("1tp://x.example", "scheme"),
             ("https://x.example/app", "path"),
             ("https://x.example:99999", "port"),
             ("https://", "empty"),

@@ -315,53 +315,63 @@ fn origin_allowed(origin: &str, host_header: Option<&str>, policy: &Policy<'_>) 
         // `null` (sandboxed frames, file: pages) and anything malformed.
         return false;
     };
-    let scheme = if scheme.eq_ignore_ascii_case("http") {
-        "http"
-    } else if scheme.eq_ignore_ascii_case("https") {
-        "https"
-    } else {
-        return false;
-    };
+    let web = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
     let (host, port) = split_authority(authority);
     let Some(port) = effective_port(scheme, port) else {
         return false;
     };
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if loopback {
-        return true;
-    }
-    // swapd's own origin: the page was served from the address this request is sent to.
-    if let Some(host_header) = host_header {
-        let (own_host, own_port) = split_authority(host_header);
-        if own_host.eq_ignore_ascii_case(host)
-            && effective_port(scheme, own_port) == Some(port)
-            && host_allowed(own_host, policy, false)
-        {
+    if web {
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if loopback {
             return true;
+        }
+        // swapd's own origin: the page was served from the address this request is sent to.
+        if let Some(host_header) = host_header {
+            let (own_host, own_port) = split_authority(host_header);
+            if own_host.eq_ignore_ascii_case(host)
+                && effective_port(scheme, own_port) == Some(port)
+                && host_allowed(own_host, policy, false)
+            {
+                return true;
+            }
         }
     }
     match &policy.access.origins {
         OriginRule::Any => true,
         OriginRule::List(patterns) => patterns
             .iter()
-            .any(|pattern| pattern_matches(pattern, scheme, host, port)),
+            .any(|pattern| pattern_matches(pattern, scheme, web, host, port)),
     }
 }
 
+/// The port an origin's authority names, or its scheme's default (0 for schemes without one,
+/// such as `chrome-extension`).
 fn effective_port(scheme: &str, port: Option<&str>) -> Option<u16> {
     match port {
-        None | Some("") => Some(if scheme == "https" { 443 } else { 80 }),
+        None | Some("") if scheme.eq_ignore_ascii_case("https") => Some(443),
+        None | Some("") if scheme.eq_ignore_ascii_case("http") => Some(80),
+        None | Some("") => Some(0),
         Some(digits) => digits.parse().ok(),
     }
 }
 
-fn pattern_matches(pattern: &OriginPattern, scheme: &str, host: &str, port: u16) -> bool {
-    if pattern.scheme.is_some_and(|wanted| wanted != scheme) || !pattern.host.matches(host) {
+fn pattern_matches(
+    pattern: &OriginPattern,
+    scheme: &str,
+    web: bool,
+    host: &str,
+    port: u16,
+) -> bool {
+    let scheme_matches = match &pattern.scheme {
+        Some(wanted) => scheme.eq_ignore_ascii_case(wanted),
+        None => web,
+    };
+    if !scheme_matches || !pattern.host.matches(host) {
         return false;
     }
     match pattern.port {
@@ -438,6 +448,7 @@ mod tests {
             &[],
         );
         let star = access(&["*"], &[]);
+        let extensions = access(&["chrome-extension://*", "vscode-webview://w1"], &[]);
         let post = |origin| Facts {
             origin: Some(origin),
             content_type: Some("application/json"),
@@ -467,6 +478,14 @@ mod tests {
             ("https://corp.example", &listed, ORIGIN),
             ("http://dev.example:3000", &listed, ECHO),
             ("http://dev.example:3001", &listed, ORIGIN),
+            ("chrome-extension://abc", &listed, ORIGIN),
+            ("chrome-extension://abc", &extensions, ECHO),
+            ("CHROME-EXTENSION://xyz", &extensions, ECHO),
+            ("moz-extension://abc", &extensions, ORIGIN),
+            ("vscode-webview://w1", &extensions, ECHO),
+            ("vscode-webview://w2", &extensions, ORIGIN),
+            ("vscode-webview://w1:99", &extensions, ORIGIN),
+            ("https://app.example.com", &extensions, ORIGIN),
             ("https://evil.example", &star, ECHO),
             ("null", &star, ECHO),
         ];
