@@ -424,7 +424,7 @@ fn allowed_origins_and_hosts_open_what_they_name() {
     let daemon = Daemon::start(&simple_config(
         &["a"],
         "",
-        "swapd:\n  allowedOrigins: [\"https://app.example.com\", \"*.corp.example\"]\n  allowedHosts: [llm.example.com, \"*.lan.example\"]\n",
+        "swapd:\n  allowedOrigins: [\"https://app.example.com\", \"*.corp.example\", \"chrome-extension://*\"]\n  allowedHosts: [llm.example.com, \"*.lan.example\"]\n",
     ));
     let addr = daemon.addr.as_str();
     for (origin, status) in [
@@ -436,6 +436,8 @@ fn allowed_origins_and_hosts_open_what_they_name() {
         ("http://a.b.corp.example:8080", 200),
         ("https://corp.example", 403),
         ("https://corp.example.evil", 403),
+        ("chrome-extension://abcdefgh", 200),
+        ("moz-extension://abcdefgh", 403),
         (EVIL, 403),
     ] {
         let reply = send(
