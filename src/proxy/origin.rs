@@ -240,13 +240,17 @@ fn is_form(content_type: Option<&str>) -> bool {
 
 /// Whether a request without `Origin` was sent by a page of a foreign site.
 fn sent_by_foreign_page(facts: &Facts<'_>, policy: &Policy<'_>) -> bool {
-    match facts.fetch_site {
-        // The browser says; `same-site` pages (other ports of the same host) are local ones.
-        Some(site) => site.eq_ignore_ascii_case("cross-site"),
-        None => facts
+    let referer_allowed = || {
+        facts
             .referer
             .and_then(referer_origin)
-            .is_some_and(|origin| !origin_allowed(origin, facts.host, policy)),
+            .map(|origin| origin_allowed(origin, facts.host, policy))
+    };
+    match facts.fetch_site {
+        // The browser says; `same-site` pages (other ports of the same host) are local ones,
+        // and a cross-site page may still be one listed in allowedOrigins.
+        Some(site) => site.eq_ignore_ascii_case("cross-site") && referer_allowed() != Some(true),
+        None => referer_allowed() == Some(false),
     }
 }
 
@@ -612,6 +616,7 @@ mod tests {
     fn requests_without_origin() {
         let none = access(&[], &[]);
         let star = access(&["*"], &[]);
+        let listed = access(&["https://app.example.com"], &[]);
         let cases: &[(
             &str,
             &str,
@@ -755,6 +760,25 @@ mod tests {
                 None,
                 &none,
                 ALLOW,
+            ),
+            // A page listed in allowedOrigins, known by its Referer.
+            (
+                "GET",
+                "/unload",
+                Some("cross-site"),
+                Some("https://app.example.com/x"),
+                None,
+                &listed,
+                ALLOW,
+            ),
+            (
+                "GET",
+                "/unload",
+                Some("cross-site"),
+                Some("https://evil.example/x"),
+                None,
+                &listed,
+                CROSS,
             ),
             // Fetch metadata outranks the Referer.
             (
