@@ -9,6 +9,7 @@ pub mod http;
 pub mod logbuf;
 pub mod logs;
 pub mod metrics;
+pub mod ollama;
 pub mod proxy;
 pub mod reload;
 pub mod supervisor;

@@ -216,7 +216,11 @@ pub fn stop_accepting(app: &App, listener_fd: Option<RawFd>, deadline: Instant) 
 
 /// Reads a request body up to `limit` bytes. `Err(true)` means it was larger than the limit,
 /// `Err(false)` that it could not be read or was cut short.
-fn read_body(app: &App, request: &mut tiny_http::Request, limit: usize) -> Result<Vec<u8>, bool> {
+pub(crate) fn read_body(
+    app: &App,
+    request: &mut tiny_http::Request,
+    limit: usize,
+) -> Result<Vec<u8>, bool> {
     if request.body_length().is_some_and(|length| length > limit) {
         return Err(true);
     }
@@ -242,7 +246,7 @@ fn read_body(app: &App, request: &mut tiny_http::Request, limit: usize) -> Resul
 }
 
 /// The client socket of a request (for the rare checks that need it).
-pub(super) fn client_of_request(app: &App, request: &tiny_http::Request) -> ClientSocket {
+pub(crate) fn client_of_request(app: &App, request: &tiny_http::Request) -> ClientSocket {
     ClientSocket {
         local: app.local_addr,
         peer: request.remote_addr().copied(),

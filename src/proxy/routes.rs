@@ -82,6 +82,9 @@ pub fn handle(app: &App, request: tiny_http::Request, active: usize) {
         return http::send_error(request, 400, "path traversal is not allowed", None, &[]);
     }
 
+    if let Some(route) = crate::ollama::route(&method, path) {
+        return crate::ollama::handle(app, request, route);
+    }
     if let Some((source, upstream_path)) = extract::route(&method, path) {
         return model_request(app, request, &method, source, upstream_path, query);
     }
@@ -108,7 +111,7 @@ pub fn handle(app: &App, request: tiny_http::Request, active: usize) {
         ("POST", "/api/config/reload") => reload_config(app, request),
         ("GET", "/api/metrics") => http::send_json(request, 200, &app.metrics.rows_json()),
         ("GET", "/api/events") => events(app, request),
-        ("GET", "/api/version") => http::send_json(
+        ("GET" | "HEAD", "/api/version") => http::send_json(
             request,
             200,
             &json!({

@@ -166,6 +166,19 @@ pub struct ModelStatus {
     pub pid: Option<u32>,
     pub inflight: usize,
     pub queued: usize,
+    /// How long until the idle-time unload if nothing else uses the model (the whole idle time
+    /// while it is busy); `None` when it is never unloaded for idleness.
+    pub expires_in: Option<Duration>,
+}
+
+/// A request's override of a model's idle time (Ollama's `keep_alive`). It replaces the
+/// config's `ttl` until the model's process next stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleOverride {
+    /// Unload after this long idle; zero unloads as soon as the model is idle.
+    After(Duration),
+    /// Never unload for idleness.
+    Never,
 }
 
 /// Messages into the supervisor loop. Closed: the loop matches every variant.
@@ -202,6 +215,11 @@ pub enum Command {
     },
     Snapshot {
         reply: Sender<Vec<ModelStatus>>,
+    },
+    /// Set (`Some`) or clear a running model's idle-time override.
+    SetIdle {
+        model: String,
+        idle: Option<IdleOverride>,
     },
     Shutdown {
         done: Sender<()>,
@@ -341,6 +359,16 @@ impl Supervisor {
         let _ = wait.recv();
     }
 
+    /// Overrides (`Some`) or restores (`None`) a running model's idle time until it next
+    /// stops. Send it while holding a lease on the model, so that a zero idle time cannot stop
+    /// the model before the request that asked for it has run.
+    pub fn set_idle(&self, model: &str, idle: Option<IdleOverride>) {
+        let _ = self.tx.send(Command::SetIdle {
+            model: model.to_string(),
+            idle,
+        });
+    }
+
     /// The state of every configured model.
     pub fn snapshot(&self) -> Vec<ModelStatus> {
         let (reply, rx) = crossbeam_channel::bounded(1);
@@ -414,6 +442,8 @@ struct Slot {
     pending_config: Option<Arc<ModelConfig>>,
     /// A reload removed this model: it is stopped once drained, then forgotten.
     removed: bool,
+    /// A request's idle time for this process (Ollama's `keep_alive`); cleared when it stops.
+    idle_override: Option<IdleOverride>,
 }
 
 impl Slot {
@@ -432,6 +462,16 @@ impl Slot {
             spawned_at: Instant::now(),
             pending_config: None,
             removed: false,
+            idle_override: None,
+        }
+    }
+
+    /// The idle time after which this model is unloaded; `None` means never.
+    fn idle_time(&self) -> Option<Duration> {
+        match self.idle_override {
+            Some(IdleOverride::Never) => None,
+            Some(IdleOverride::After(idle)) => Some(idle),
+            None => (!self.config.ttl.is_zero()).then_some(self.config.ttl),
         }
     }
 
@@ -607,6 +647,7 @@ impl State {
             } => self.on_exited(&model, generation, status),
             Command::Unload { model, done } => self.on_unload(model, done),
             Command::Snapshot { reply } => {
+                let now = Instant::now();
                 let mut statuses: Vec<ModelStatus> = self
                     .slots
                     .iter()
@@ -617,6 +658,10 @@ impl State {
                         inflight: slot.inflight(),
                         queued: slot.waiters.len()
                             + self.queue.iter().filter(|p| &p.model == id).count(),
+                        expires_in: match ttl_deadline(slot) {
+                            Some(deadline) => Some(deadline.saturating_duration_since(now)),
+                            None => slot.idle_time(),
+                        },
                     })
                     .collect();
                 statuses.sort_by(|a, b| a.model.cmp(&b.model));
@@ -625,6 +670,14 @@ impl State {
             Command::Reconfigure { config, reply } => {
                 let summary = self.on_reconfigure(config);
                 let _ = reply.send(summary);
+            }
+            Command::SetIdle { model, idle } => {
+                // Only a running process has an idle time to override.
+                if let Some(slot) = self.slots.get_mut(&model) {
+                    if matches!(slot.phase, Phase::Starting | Phase::Ready) {
+                        slot.idle_override = idle;
+                    }
+                }
             }
             Command::Shutdown { done } => {
                 if !self.shutting_down {
@@ -947,6 +1000,7 @@ impl State {
         slot.gate.close();
         slot.phase = Phase::Stopped;
         slot.kill_at = None;
+        slot.idle_override = None;
         slot.stop_waiters.clear();
         self.metrics.record_child_exit(model);
         match previous {
@@ -1134,6 +1188,7 @@ impl State {
         }
         let Some(pid) = slot.pid else {
             slot.phase = Phase::Stopped;
+            slot.idle_override = None;
             self.became_stopped(model);
             return;
         };
@@ -1195,8 +1250,11 @@ impl State {
             }
             log::info!(
                 model = id.as_str();
-                "{id}: unloading after {}s idle (ttl)",
-                self.slots[&id].config.ttl.as_secs()
+                "{id}: unloading after {:.1}s idle (ttl)",
+                self.slots[&id]
+                    .idle_time()
+                    .unwrap_or_default()
+                    .as_secs_f64()
             );
             let grace = self.slots[&id].config.unload_timeout;
             self.begin_stop(&id, StopReason::Ttl, grace);
@@ -1258,12 +1316,9 @@ fn same_start(old: &ModelConfig, new: &ModelConfig) -> bool {
 
 /// When an idle ready model's TTL runs out (none while it is busy or has no TTL).
 fn ttl_deadline(slot: &Slot) -> Option<Instant> {
-    let ttl = slot.config.ttl;
-    (slot.phase == Phase::Ready
-        && slot.inflight() == 0
-        && slot.waiters.is_empty()
-        && !ttl.is_zero())
-    .then(|| slot.last_used + ttl)
+    let ttl = slot.idle_time()?;
+    (slot.phase == Phase::Ready && slot.inflight() == 0 && slot.waiters.is_empty())
+        .then(|| slot.last_used + ttl)
 }
 
 /// The last `count` lines of a log, as text.
