@@ -6,6 +6,12 @@
 //! warning after a stream, garbage bytes, hangs, crashes mid-stream). Flags simulate slow model
 //! loading, late binding, ignored SIGTERM, crashes, failures at startup and forked
 //! grandchildren. It logs to stdout and stderr so that log capture can be tested too.
+//!
+//! For the Ollama translation tests it can also record every request it receives
+//! (`--request-log`), answer tool calls (streamed in fragments, as OpenAI servers do), return
+//! reasoning content when a request enables thinking, return OpenAI-shaped embeddings, report
+//! an error inside a stream (`stream_error`), and hold a stream's last event until a file exists
+//! (`gate_file`), which lets a test prove that earlier events were delivered before it.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -35,12 +41,14 @@ struct Opts {
     stream_interval_ms: u64,
     stream_chunks: u64,
     pid_file: Option<String>,
+    /// Append every request as one JSON line (`{method, path, body}`) to this file.
+    request_log: Option<String>,
 }
 
 const USAGE: &str = "usage: fake-upstream --port N [--model NAME] [--startup-delay-ms N] \
 [--listen-delay-ms N] [--ignore-sigterm] [--exit-after-ms N] [--exit-immediately CODE] \
 [--fork-grandchild] [--close-after-stream] [--stream-interval-ms N] [--stream-chunks N] \
-[--pid-file PATH]";
+[--pid-file PATH] [--request-log PATH] [-m MODEL_FILE]";
 
 fn parse_args() -> Result<Opts, String> {
     let mut o = Opts {
@@ -56,6 +64,7 @@ fn parse_args() -> Result<Opts, String> {
         stream_interval_ms: 10,
         stream_chunks: 5,
         pid_file: None,
+        request_log: None,
     };
     let mut port = None;
     let mut args = std::env::args().skip(1);
@@ -81,6 +90,12 @@ fn parse_args() -> Result<Opts, String> {
             "--stream-interval-ms" => o.stream_interval_ms = num(&flag, value()?)?,
             "--stream-chunks" => o.stream_chunks = num(&flag, value()?)?,
             "--pid-file" => o.pid_file = Some(value()?),
+            "--request-log" => o.request_log = Some(value()?),
+            // llama-server's model file: accepted (and ignored) so that configs can name a
+            // GGUF file for swapd to read details from.
+            "-m" => {
+                value()?;
+            }
             "--ignore-sigterm" => o.ignore_sigterm = true,
             "--fork-grandchild" => o.fork_grandchild = true,
             "--close-after-stream" => o.close_after_stream = true,
@@ -382,11 +397,61 @@ fn serve_connection(stream: TcpStream, opts: &Opts, started: Instant) -> io::Res
             req.target,
             req.body.len()
         );
+        if let Some(path) = &opts.request_log {
+            log_request(path, &req);
+        }
         let keep_alive = handle(&req, &mut w, opts, started)? && !req.wants_close();
         if !keep_alive {
             let _ = w.shutdown(Shutdown::Both);
             return Ok(());
         }
+    }
+}
+
+/// Appends one request to the request log (a JSON line), for tests to see what swapd sent.
+fn log_request(path: &str, req: &Request) {
+    let body = serde_json::from_slice(&req.body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&req.body).into_owned()));
+    let line = json!({"method": req.method, "path": req.target, "body": body});
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut file| file.write_all(format!("{line}\n").as_bytes()));
+    if let Err(e) = written {
+        eprintln!("fake-upstream: cannot write the request log {path}: {e}");
+    }
+}
+
+/// The tool call this fixture makes when a chat request offers tools: the first tool, with
+/// the last message's text as its argument.
+fn tool_call_for(body: &Value) -> Option<(String, String)> {
+    let tool = body.get("tools")?.as_array()?.first()?;
+    let name = tool.pointer("/function/name")?.as_str()?.to_string();
+    let last = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.last())
+        .and_then(|m| m.get("content"))
+        .map(|c| match c {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        })
+        .unwrap_or_default();
+    Some((name, json!({ "echo": last }).to_string()))
+}
+
+fn thinking_enabled(body: &Value) -> bool {
+    body.pointer("/chat_template_kwargs/enable_thinking")
+        .and_then(Value::as_bool)
+        == Some(true)
+}
+
+/// Waits until `path` exists (bounded, so a broken test cannot leave this hanging forever).
+fn wait_for_gate(path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::path::Path::new(path).exists() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -468,7 +533,38 @@ fn handle(req: &Request, w: &mut TcpStream, opts: &Opts, started: Instant) -> io
     let interval =
         Duration::from_millis(field("stream_interval_ms").unwrap_or(opts.stream_interval_ms));
     let crash_after = field("crash_after_chunks");
+    let chunk_event = |delta: Value| {
+        let event = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk",
+                           "model": opts.model, "choices": [{"index": 0, "delta": delta}]});
+        format!("data: {event}\n\n")
+    };
     start_chunked(w, "text/event-stream")?;
+    if thinking_enabled(&body) {
+        chunk(
+            w,
+            chunk_event(json!({"reasoning_content": "thinking..."})).as_bytes(),
+        )?;
+    }
+    if body.get("stream_error").and_then(Value::as_bool) == Some(true) {
+        chunk(w, chunk_event(json!({"content": "partial "})).as_bytes())?;
+        let error = json!({"error": {"code": 500, "message": "simulated error inside the stream",
+                                     "type": "server_error"}});
+        chunk(w, format!("data: {error}\n\n").as_bytes())?;
+        end_chunked(w)?;
+        return Ok(true);
+    }
+    let mut finish_reason = "stop";
+    if let Some((name, arguments)) = tool_call_for(&body) {
+        // OpenAI streams a call's arguments in fragments; a client must join them.
+        let (head, tail) = arguments.split_at(arguments.len() / 2);
+        let first = json!({"tool_calls": [{"index": 0, "id": "call_fake1", "type": "function",
+                                           "function": {"name": name, "arguments": head}}]});
+        let second = json!({"tool_calls": [{"index": 0, "function": {"arguments": tail}}]});
+        chunk(w, chunk_event(first).as_bytes())?;
+        chunk(w, chunk_event(second).as_bytes())?;
+        finish_reason = "tool_calls";
+    }
+    let n = if finish_reason == "tool_calls" { 0 } else { n };
     for i in 0..n {
         if crash_after == Some(i) {
             eprintln!("fake-upstream: simulated crash after {i} chunks");
@@ -485,8 +581,12 @@ fn handle(req: &Request, w: &mut TcpStream, opts: &Opts, started: Instant) -> io
         eprintln!("fake-upstream: simulated crash after {n} chunks");
         exit(4);
     }
+    if let Some(gate) = body.get("gate_file").and_then(Value::as_str) {
+        println!("fake-upstream: holding the last event until {gate} exists");
+        wait_for_gate(gate);
+    }
     let last = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": opts.model,
-                      "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                      "choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason}],
                       "usage": usage(n), "timings": timings(n)});
     chunk(w, format!("data: {last}\n\n").as_bytes())?;
     chunk(w, b"data: [DONE]\n\n")?;
@@ -517,6 +617,39 @@ fn echo(req: &Request, opts: &Opts) -> Value {
         v["timings"] = timings(10);
         v["choices"] = json!([{"index": 0, "finish_reason": "stop",
             "message": {"role": "assistant", "content": format!("hello from {}", opts.model)}}]);
+        let body = &v["request_body"].clone();
+        if thinking_enabled(body) {
+            v["choices"][0]["message"]["reasoning_content"] = json!("thinking...");
+        }
+        if let Some((name, arguments)) = tool_call_for(body) {
+            v["choices"][0]["finish_reason"] = json!("tool_calls");
+            v["choices"][0]["message"]["content"] = json!("");
+            v["choices"][0]["message"]["tool_calls"] = json!([{"id": "call_fake1",
+                "type": "function", "function": {"name": name, "arguments": arguments}}]);
+        }
+        if req.path() == "/v1/embeddings" {
+            // One vector per input, derived from its length, so tests can check the order.
+            let inputs: Vec<String> = match body.get("input") {
+                Some(Value::String(text)) => vec![text.clone()],
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .map(|i| i.as_str().unwrap_or_default().to_string())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let data: Vec<Value> = inputs
+                .iter()
+                .enumerate()
+                .map(|(index, text)| {
+                    json!({"object": "embedding", "index": index,
+                           "embedding": [text.len() as f64, 0.0, 1.0]})
+                })
+                .collect();
+            let tokens: usize = inputs.iter().map(String::len).sum();
+            v["object"] = json!("list");
+            v["data"] = json!(data);
+            v["usage"] = json!({"prompt_tokens": tokens, "total_tokens": tokens});
+        }
     }
     v
 }

@@ -4,6 +4,7 @@ mod cli;
 mod common;
 mod logs;
 mod observability;
+mod ollama;
 mod ops;
 mod proxy;
 mod reload;
