@@ -37,6 +37,7 @@ REQUIREMENTS=(
   "gguf==0.19.0"
   "numpy==2.4.6"
   "openai==3.57.0"
+  "ollama==0.6.3"
   "cmake==4.4.5"
   "ninja==1.13.2"
 )

@@ -740,7 +740,18 @@ def main() -> int:
     argv = [a for a in sys.argv[1:] if a not in ("-v", "--verbose")]
     loader = unittest.TestLoader()
     module = sys.modules[__name__]
-    suite = loader.loadTestsFromNames(argv, module) if argv else loader.loadTestsFromModule(module)
+    # The Ollama API tests (test_ollama.py, official `ollama` client) run in the same suite;
+    # a name given on the command line is looked up in whichever module defines it.
+    sys.path.insert(0, HERE)
+    import test_ollama
+    modules = [module, test_ollama]
+    if argv:
+        suite = unittest.TestSuite()
+        for name in argv:
+            owner = next((m for m in modules if hasattr(m, name.split(".")[0])), module)
+            suite.addTests(loader.loadTestsFromName(name, owner))
+    else:
+        suite = unittest.TestSuite(loader.loadTestsFromModule(m) for m in modules)
     result = unittest.TextTestRunner(verbosity=2, stream=sys.stdout).run(suite)
     # a test can fail in its body and again in tearDown: count tests, not reports
     failed_ids = {id(t) for t, _ in result.failures + result.errors} | {
