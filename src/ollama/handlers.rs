@@ -938,7 +938,7 @@ fn ps(app: &App, request: tiny_http::Request) {
         })
         .collect();
     // Longest time left first, as Ollama orders them.
-    running.sort_by(|a, b| b.0.cmp(&a.0));
+    running.sort_by_key(|entry| std::cmp::Reverse(entry.0));
     let models: Vec<Value> = running.into_iter().map(|(_, entry)| entry).collect();
     send_json(request, 200, &json!({ "models": models }));
 }

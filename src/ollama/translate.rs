@@ -34,7 +34,7 @@ pub fn parse_keep_alive(value: Option<&Value>) -> Result<Option<KeepAlive>, Stri
             // Go's ParseDuration takes a bare "0"; a bare negative number is read as forever
             // too (Ollama's docs show `-1` as the way to keep a model loaded).
             match text.parse::<f64>() {
-                Ok(value) if value == 0.0 => 0.0,
+                Ok(0.0) => 0.0,
                 Ok(value) if value < 0.0 => -1.0,
                 Ok(_) => {
                     return Err(format!(
