@@ -581,7 +581,14 @@ pub fn generate_request(
         body.insert("messages".into(), Value::Array(messages));
         Endpoint::Chat
     };
-    let mapped = common_fields(request, &mut body, stream, endpoint)?;
+    let mut mapped = common_fields(request, &mut body, stream, endpoint)?;
+    // The upstream applies the model's own chat template; the deprecated token context has no
+    // equivalent upstream.
+    for ignored in ["template", "context"] {
+        if request.get(ignored).is_some_and(|value| !value.is_null()) {
+            mapped.ignored.push(ignored.to_string());
+        }
+    }
     Ok(Translated {
         model,
         stream,
@@ -1400,6 +1407,12 @@ mod tests {
             images.body["messages"][0]["content"][1]["image_url"]["url"],
             "data:image/gif;base64,R0lGODlh"
         );
+        let templated = generate_request(
+            &json!({"model": "m", "prompt": "p", "template": "{{ .Prompt }}", "context": [1, 2]}),
+            true,
+        )
+        .unwrap();
+        assert_eq!(templated.ignored_options, ["template", "context"]);
         let load = generate_request(&json!({"model": "m", "keep_alive": 0}), true).unwrap();
         assert!(load.load_only);
         assert_eq!(load.keep_alive, Some(KeepAlive::Unload));
