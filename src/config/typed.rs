@@ -751,6 +751,8 @@ fn build_log_format(
             )),
         },
     }
+}
+
 /// `swapd.allowedOrigins` and `swapd.allowedHosts` (see `access.rs` for the entry syntax).
 fn build_access(top: &Fields<'_>, reporter: &mut Reporter<'_>) -> Result<Access, ConfigError> {
     let Some(mapping) = top.mapping("swapd", reporter, "a mapping of swapd settings")? else {
