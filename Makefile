@@ -60,6 +60,7 @@ bench:
 	$(CARGO) bench --bench extract
 	$(CARGO) bench --bench access
 	$(CARGO) bench --bench ollama
+	$(CARGO) bench --bench matrix
 	$(CARGO) bench --bench proxy
 
 # Throughput through swapd versus direct with a real llama-server (needs the e2e install).

@@ -113,6 +113,8 @@ pub struct Metrics {
     subscribers: Mutex<Vec<Sender<Value>>>,
     /// Lets `record_request` skip building JSON when nobody listens, without taking a lock.
     has_subscribers: AtomicBool,
+    /// Swap decisions the matrix router made (a start or a swap acted on).
+    matrix_decisions: std::sync::atomic::AtomicU64,
 }
 
 /// Everything guarded by the main mutex.
@@ -264,6 +266,7 @@ impl Metrics {
             }),
             subscribers: Mutex::new(Vec::new()),
             has_subscribers: AtomicBool::new(false),
+            matrix_decisions: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -352,6 +355,11 @@ impl Metrics {
         } else {
             stats.starts_failed += 1;
         }
+    }
+
+    /// Records one decision of the matrix router.
+    pub fn record_matrix_decision(&self) {
+        self.matrix_decisions.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records that a model was swapped out to make room for another.
@@ -576,6 +584,19 @@ impl Metrics {
             "counter",
         );
         sample(w, "swapd_swaps_total", &[], swaps);
+
+        family(
+            w,
+            "swapd_matrix_decisions_total",
+            "Swap decisions made by the matrix router.",
+            "counter",
+        );
+        sample(
+            w,
+            "swapd_matrix_decisions_total",
+            &[],
+            self.matrix_decisions.load(Ordering::Relaxed),
+        );
 
         family(
             w,

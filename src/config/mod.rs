@@ -16,6 +16,7 @@ mod command;
 mod env;
 mod error;
 mod macros;
+mod matrix;
 mod scan;
 mod schema;
 mod typed;
@@ -36,6 +37,7 @@ pub use access::{
 pub(crate) use access::{parse_host as access_parse_host, parse_origin as access_parse_origin};
 pub use command::split_command;
 pub use error::ConfigError;
+pub use matrix::{Expr as MatrixExpr, MatrixConfig, MatrixSet};
 
 use error::{KeyPath, Reporter};
 use scan::Locator;
@@ -151,6 +153,9 @@ pub struct Config {
     /// Explicit groups in id order, then the implicit `(default)` group (swap and exclusive)
     /// holding every ungrouped model, if there is any.
     pub groups: Vec<GroupConfig>,
+    /// The matrix router's sets (`routing.router.use: matrix` or the legacy `matrix:`); when
+    /// set, it decides what runs together and `groups` is empty.
+    pub matrix: Option<MatrixConfig>,
     /// Model ids to load at startup, in order (`hooks.on_startup.preload`, aliases resolved).
     pub preload: Vec<String>,
     /// Alias to model id, including `filters.setParamsByID` keys.
@@ -275,6 +280,7 @@ impl Default for Config {
             api_keys: Vec::new(),
             models: BTreeMap::new(),
             groups: Vec::new(),
+            matrix: None,
             preload: Vec::new(),
             aliases: BTreeMap::new(),
             limits: Limits::default(),

@@ -73,6 +73,8 @@ pub(crate) const ALIAS: &[&str] = &["id", "name", "unlisted"];
 
 pub(crate) const GROUP: &[&str] = &["swap", "exclusive", "persistent", "members"];
 
+pub(crate) const MATRIX: &[&str] = &["vars", "evict_costs", "sets"];
+
 pub(crate) const ROUTING: &[&str] = &["router", "scheduler"];
 pub(crate) const ROUTER: &[&str] = &["use", "settings"];
 pub(crate) const ROUTER_SETTINGS: &[&str] = &["groups", "matrix"];

@@ -215,13 +215,13 @@ fn json_object(
 }
 
 /// Typed access to the keys of one mapping, with errors that name `path.key`.
-struct Fields<'m> {
+pub(crate) struct Fields<'m> {
     mapping: &'m Mapping,
     path: KeyPath,
 }
 
 impl<'m> Fields<'m> {
-    fn new(mapping: &'m Mapping, path: &KeyPath) -> Fields<'m> {
+    pub(crate) fn new(mapping: &'m Mapping, path: &KeyPath) -> Fields<'m> {
         Fields {
             mapping,
             path: path.clone(),
@@ -229,22 +229,26 @@ impl<'m> Fields<'m> {
     }
 
     /// The value of `key`; an explicit null counts as absent, as in Go.
-    fn get(&self, key: &str) -> Option<&'m Value> {
+    pub(crate) fn get(&self, key: &str) -> Option<&'m Value> {
         self.mapping.get(key).filter(|value| !value.is_null())
     }
 
-    fn path(&self, key: &str) -> KeyPath {
+    pub(crate) fn path(&self, key: &str) -> KeyPath {
         self.path.key(key)
     }
 
-    fn string(&self, key: &str, reporter: &Reporter<'_>) -> Result<Option<String>, ConfigError> {
+    pub(crate) fn string(
+        &self,
+        key: &str,
+        reporter: &Reporter<'_>,
+    ) -> Result<Option<String>, ConfigError> {
         self.get(key)
             .map(|value| string_value(value, &self.path(key), reporter, false))
             .transpose()
     }
 
     /// A string where an empty value means "not set".
-    fn optional_string(
+    pub(crate) fn optional_string(
         &self,
         key: &str,
         reporter: &Reporter<'_>,
@@ -252,19 +256,27 @@ impl<'m> Fields<'m> {
         Ok(self.string(key, reporter)?.filter(|text| !text.is_empty()))
     }
 
-    fn int(&self, key: &str, reporter: &Reporter<'_>) -> Result<Option<i64>, ConfigError> {
+    pub(crate) fn int(
+        &self,
+        key: &str,
+        reporter: &Reporter<'_>,
+    ) -> Result<Option<i64>, ConfigError> {
         self.get(key)
             .map(|value| int_value(value, &self.path(key), reporter))
             .transpose()
     }
 
-    fn bool(&self, key: &str, reporter: &Reporter<'_>) -> Result<Option<bool>, ConfigError> {
+    pub(crate) fn bool(
+        &self,
+        key: &str,
+        reporter: &Reporter<'_>,
+    ) -> Result<Option<bool>, ConfigError> {
         self.get(key)
             .map(|value| bool_value(value, &self.path(key), reporter))
             .transpose()
     }
 
-    fn mapping(
+    pub(crate) fn mapping(
         &self,
         key: &str,
         reporter: &Reporter<'_>,
@@ -280,7 +292,11 @@ impl<'m> Fields<'m> {
         }
     }
 
-    fn strings(&self, key: &str, reporter: &Reporter<'_>) -> Result<Vec<String>, ConfigError> {
+    pub(crate) fn strings(
+        &self,
+        key: &str,
+        reporter: &Reporter<'_>,
+    ) -> Result<Vec<String>, ConfigError> {
         let path = self.path(key);
         match self.get(key) {
             None => Ok(Vec::new()),
@@ -347,10 +363,6 @@ fn reject_unsupported(root: &Mapping, reporter: &Reporter<'_>) -> Result<(), Con
         (
             "selectors",
             "swapd does not support llama-swap's `selectors` yet",
-        ),
-        (
-            "matrix",
-            "swapd does not support llama-swap's `matrix` router yet; use groups",
         ),
     ];
     for (key, message) in features {
@@ -679,7 +691,17 @@ pub(crate) fn build(root: Value, reporter: &mut Reporter<'_>) -> Result<Config, 
         }
     };
 
-    let groups = build_groups(&top, &built, &aliases, reporter)?;
+    let (groups, matrix_source) = build_groups(&top, &built, &aliases, reporter)?;
+    // With the matrix router, sets decide what runs together and groups play no part.
+    let (groups, matrix) = match matrix_source {
+        Some((mapping, path)) => (
+            Vec::new(),
+            Some(super::matrix::build(
+                mapping, &path, &built, &aliases, reporter,
+            )?),
+        ),
+        None => (groups, None),
+    };
     check_scheduler(&top, &resolve, reporter)?;
     let preload = build_preload(&top, &resolve, reporter)?;
 
@@ -698,6 +720,7 @@ pub(crate) fn build(root: Value, reporter: &mut Reporter<'_>) -> Result<Config, 
         api_keys,
         models: built,
         groups,
+        matrix,
         preload,
         aliases,
         limits,
@@ -1152,13 +1175,15 @@ fn register_aliases(
 
 /// Reads `groups` (legacy) or `routing.router.settings.groups`, validates membership and adds
 /// the implicit `(default)` group holding every ungrouped model.
-fn build_groups(
-    top: &Fields<'_>,
+fn build_groups<'m>(
+    top: &Fields<'m>,
     models: &BTreeMap<String, ModelConfig>,
     aliases: &BTreeMap<String, String>,
     reporter: &mut Reporter<'_>,
-) -> Result<Vec<GroupConfig>, ConfigError> {
+) -> Result<(Vec<GroupConfig>, Option<(&'m Mapping, KeyPath)>), ConfigError> {
     let mut router_groups: Option<(&Mapping, KeyPath)> = None;
+    let mut router_matrix: Option<(&Mapping, KeyPath)> = None;
+    let mut use_matrix = false;
     let mut router_used = false;
     if let Some(routing) =
         top.mapping("routing", reporter, "a mapping with router and scheduler")?
@@ -1175,12 +1200,7 @@ fn build_groups(
             let use_name = router_fields.string("use", reporter)?;
             match use_name.as_deref() {
                 None | Some("") | Some("group") => {}
-                Some("matrix") => {
-                    return Err(reporter.error(
-                        &router_path.key("use"),
-                        "swapd does not support llama-swap's `matrix` router yet; use groups",
-                    ))
-                }
+                Some("matrix") => use_matrix = true,
                 Some(other) => {
                     return Err(reporter.error(
                         &router_path.key("use"),
@@ -1195,12 +1215,20 @@ fn build_groups(
                 let settings_path = router_path.key("settings");
                 schema::check_keys(settings, &settings_path, schema::ROUTER_SETTINGS, reporter);
                 let settings_fields = Fields::new(settings, &settings_path);
-                if settings_fields.get("matrix").is_some() {
+                if let Some(matrix) = settings_fields.mapping(
+                    "matrix",
+                    reporter,
+                    "a mapping with vars, evict_costs and sets",
+                )? {
                     router_used = true;
-                    reporter.warn(
-                        &settings_path.key("matrix"),
-                        "ignored: the group router is in use and swapd has no matrix router",
-                    );
+                    if use_matrix {
+                        router_matrix = Some((matrix, settings_path.key("matrix")));
+                    } else {
+                        reporter.warn(
+                            &settings_path.key("matrix"),
+                            "ignored: routing.router.use is not matrix, so the group router is in use",
+                        );
+                    }
                 }
                 if let Some(groups) = settings_fields.mapping(
                     "groups",
@@ -1208,12 +1236,51 @@ fn build_groups(
                     "a mapping of group ids to groups",
                 )? {
                     router_used = true;
+                    if use_matrix {
+                        return Err(reporter.error(
+                            &settings_path.key("groups"),
+                            "groups and matrix cannot be used together; routing.router.use is matrix",
+                        ));
+                    }
                     router_groups = Some((groups, settings_path.key("groups")));
+                }
+                if use_matrix && router_matrix.is_none() {
+                    return Err(reporter.error(
+                        &settings_path,
+                        "routing.router.use is matrix, so routing.router.settings.matrix is required",
+                    ));
                 }
             }
         }
     }
+    if use_matrix && router_matrix.is_none() {
+        return Err(reporter.error(
+            &top.path("routing").key("router").key("settings"),
+            "routing.router.use is matrix, so routing.router.settings.matrix is required",
+        ));
+    }
+    let legacy_matrix = top.mapping(
+        "matrix",
+        reporter,
+        "a mapping with vars, evict_costs and sets",
+    )?;
+    if legacy_matrix.is_some() && (router_used || use_matrix) {
+        return Err(reporter.error(
+            &top.path("matrix"),
+            "the top-level `matrix` cannot be combined with `routing.router`; move it to routing.router.settings.matrix",
+        ));
+    }
     let legacy = top.mapping("groups", reporter, "a mapping of group ids to groups")?;
+    if legacy.is_some() && legacy_matrix.is_some() {
+        return Err(reporter.error(
+            &top.path("matrix"),
+            "groups and matrix cannot be used together",
+        ));
+    }
+    let matrix = match legacy_matrix {
+        Some(matrix) => Some((matrix, top.path("matrix"))),
+        None => router_matrix,
+    };
     if legacy.is_some() && router_used {
         return Err(reporter.error(
             &top.path("groups"),
@@ -1306,7 +1373,7 @@ fn build_groups(
             members: ungrouped,
         });
     }
-    Ok(groups)
+    Ok((groups, matrix))
 }
 
 /// Validates `routing.scheduler`; swapd's scheduler is first-in, first-out only.

@@ -9,6 +9,7 @@
 
 pub mod gate;
 pub mod health;
+pub mod matrix;
 pub mod plan;
 pub mod process;
 
@@ -794,11 +795,10 @@ impl State {
                         .filter(|(_, s)| s.phase != Phase::Stopped)
                         .map(|(id, _)| id.as_str())
                         .collect();
-                    let evict: Vec<String> = plan::evictions(&model, &running, &self.config.groups)
-                        .into_iter()
-                        .map(str::to_string)
-                        .collect();
+                    let swap_plan = plan::plan(&model, &running, &self.config);
+                    let evict = swap_plan.evict.clone();
                     if evict.is_empty() {
+                        plan::note(&model, &swap_plan, &self.config, &self.metrics);
                         let pending = self.queue.remove(index).expect("index is in bounds");
                         self.start(&model);
                         let slot = self.slots.get_mut(&model).expect("configured");
@@ -821,6 +821,7 @@ impl State {
                         }
                     } else {
                         if self.close_all_if_idle(&evict) {
+                            plan::note(&model, &swap_plan, &self.config, &self.metrics);
                             self.metrics.record_swap();
                             for id in &evict {
                                 log::info!(model = model; "swapping: stopping {id} to load {model}");

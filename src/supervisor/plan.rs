@@ -1,9 +1,48 @@
 //! Swap planning: which running models must stop so that a target model may run.
 //!
 //! This is llama-swap's group rule as a pure function, so every rule and corner case is a table
-//! test with literals. The supervisor calls it; it never looks at processes or time.
+//! test with literals, and the dispatch to the matrix router (`super::matrix`) when the config
+//! uses it. The supervisor calls it; it never looks at processes or time.
 
-use crate::config::GroupConfig;
+use crate::config::{Config, GroupConfig};
+
+use super::matrix;
+
+/// The swap decision for one target: what to stop, and the matrix's reasoning when the matrix
+/// router made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwapPlan {
+    pub evict: Vec<String>,
+    pub matrix: Option<matrix::Decision>,
+}
+
+/// Plans the start of `target` with the router the config selects.
+pub fn plan(target: &str, running: &[&str], config: &Config) -> SwapPlan {
+    match &config.matrix {
+        Some(sets) => {
+            let decision = matrix::solve(target, running, sets);
+            SwapPlan {
+                evict: decision.evict.clone(),
+                matrix: Some(decision),
+            }
+        }
+        None => SwapPlan {
+            evict: evictions(target, running, &config.groups)
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+            matrix: None,
+        },
+    }
+}
+
+/// Logs and counts a matrix decision once the supervisor acts on it (a start or a swap).
+pub fn note(target: &str, plan: &SwapPlan, config: &Config, metrics: &crate::metrics::Metrics) {
+    if let (Some(decision), Some(sets)) = (&plan.matrix, &config.matrix) {
+        log::info!("{}", decision.log_line(target, sets));
+        metrics.record_matrix_decision();
+    }
+}
 
 /// The models in `running` that must be stopped before `target` may start.
 ///
