@@ -504,6 +504,8 @@ struct State {
     probe_agent: ureq::Agent,
     gates: Gates,
     systemd: SystemdReport,
+    /// Logs and counts the matrix router's decisions once each.
+    matrix_log: plan::DecisionLog,
 }
 
 /// What the supervisor tells systemd, and when it last did.
@@ -553,6 +555,7 @@ impl State {
             probe_agent: health::probe_agent(),
             gates,
             systemd: SystemdReport::new(Arc::new(Notifier::disabled())),
+            matrix_log: plan::DecisionLog::default(),
         }
     }
 
@@ -798,7 +801,8 @@ impl State {
                     let swap_plan = plan::plan(&model, &running, &self.config);
                     let evict = swap_plan.evict.clone();
                     if evict.is_empty() {
-                        plan::note(&model, &swap_plan, &self.config, &self.metrics);
+                        self.matrix_log
+                            .note(&model, &swap_plan, &self.config, &self.metrics);
                         let pending = self.queue.remove(index).expect("index is in bounds");
                         self.start(&model);
                         let slot = self.slots.get_mut(&model).expect("configured");
@@ -821,7 +825,8 @@ impl State {
                         }
                     } else {
                         if self.close_all_if_idle(&evict) {
-                            plan::note(&model, &swap_plan, &self.config, &self.metrics);
+                            self.matrix_log
+                                .note(&model, &swap_plan, &self.config, &self.metrics);
                             self.metrics.record_swap();
                             for id in &evict {
                                 log::info!(model = model; "swapping: stopping {id} to load {model}");

@@ -16,11 +16,14 @@ pub struct SwapPlan {
     pub matrix: Option<matrix::Decision>,
 }
 
-/// Plans the start of `target` with the router the config selects.
+/// Plans the start of `target` with the router the config selects. `running` may come in any
+/// order; the matrix sees it sorted, so its decisions and logs are deterministic.
 pub fn plan(target: &str, running: &[&str], config: &Config) -> SwapPlan {
     match &config.matrix {
         Some(sets) => {
-            let decision = matrix::solve(target, running, sets);
+            let mut sorted = running.to_vec();
+            sorted.sort_unstable();
+            let decision = matrix::solve(target, &sorted, sets);
             SwapPlan {
                 evict: decision.evict.clone(),
                 matrix: Some(decision),
@@ -36,9 +39,32 @@ pub fn plan(target: &str, running: &[&str], config: &Config) -> SwapPlan {
     }
 }
 
-/// Logs and counts a matrix decision once the supervisor acts on it (a start or a swap).
-pub fn note(target: &str, plan: &SwapPlan, config: &Config, metrics: &crate::metrics::Metrics) {
-    if let (Some(decision), Some(sets)) = (&plan.matrix, &config.matrix) {
+/// Logs and counts the matrix decisions the supervisor acts on, once per swap: a swap is
+/// planned again when its evicted models have stopped, and that second, eviction-free plan
+/// is the same decision.
+#[derive(Debug, Default)]
+pub struct DecisionLog {
+    swapped_for: Option<String>,
+}
+
+impl DecisionLog {
+    /// Called when the supervisor starts `target` (`plan.evict` empty) or begins the swap.
+    pub fn note(
+        &mut self,
+        target: &str,
+        plan: &SwapPlan,
+        config: &Config,
+        metrics: &crate::metrics::Metrics,
+    ) {
+        let (Some(decision), Some(sets)) = (&plan.matrix, &config.matrix) else {
+            return;
+        };
+        if plan.evict.is_empty() && self.swapped_for.take().as_deref() == Some(target) {
+            return;
+        }
+        if !plan.evict.is_empty() {
+            self.swapped_for = Some(target.to_string());
+        }
         log::info!("{}", decision.log_line(target, sets));
         metrics.record_matrix_decision();
     }

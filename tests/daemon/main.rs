@@ -10,4 +10,5 @@ mod proxy;
 mod reload;
 mod robustness;
 mod security;
+mod routing;
 mod supervisor;
