@@ -19,6 +19,7 @@ mod macros;
 mod matrix;
 mod scan;
 mod schema;
+mod selectors;
 mod typed;
 
 #[cfg(test)]
@@ -38,6 +39,7 @@ pub(crate) use access::{parse_host as access_parse_host, parse_origin as access_
 pub use command::split_command;
 pub use error::ConfigError;
 pub use matrix::{Expr as MatrixExpr, MatrixConfig, MatrixSet};
+pub use selectors::{ProfileConfig, SelectorConfig, Strategy as SelectorStrategy};
 
 use error::{KeyPath, Reporter};
 use scan::Locator;
@@ -156,6 +158,10 @@ pub struct Config {
     /// The matrix router's sets (`routing.router.use: matrix` or the legacy `matrix:`); when
     /// set, it decides what runs together and `groups` is empty.
     pub matrix: Option<MatrixConfig>,
+    /// Virtual model ids that pick a target per request (`selectors`), by id.
+    pub selectors: BTreeMap<String, SelectorConfig>,
+    /// Runtime-switchable model id rewrites (`profiles`), by name; none is active at start.
+    pub profiles: BTreeMap<String, ProfileConfig>,
     /// Model ids to load at startup, in order (`hooks.on_startup.preload`, aliases resolved).
     pub preload: Vec<String>,
     /// Alias to model id, including `filters.setParamsByID` keys.
@@ -281,6 +287,8 @@ impl Default for Config {
             models: BTreeMap::new(),
             groups: Vec::new(),
             matrix: None,
+            selectors: BTreeMap::new(),
+            profiles: BTreeMap::new(),
             preload: Vec::new(),
             aliases: BTreeMap::new(),
             limits: Limits::default(),

@@ -201,7 +201,7 @@ fn json_value(
     })
 }
 
-fn json_object(
+pub(crate) fn json_object(
     mapping: &Mapping,
     path: &KeyPath,
     reporter: &Reporter<'_>,
@@ -354,17 +354,7 @@ fn seconds(value: i64) -> Duration {
 /// Fails on llama-swap features swapd does not implement, rather than silently routing
 /// differently from what the config asks for.
 fn reject_unsupported(root: &Mapping, reporter: &Reporter<'_>) -> Result<(), ConfigError> {
-    let features = [
-        ("peers", "swapd does not support llama-swap's `peers` yet"),
-        (
-            "profiles",
-            "swapd does not support llama-swap's `profiles` yet",
-        ),
-        (
-            "selectors",
-            "swapd does not support llama-swap's `selectors` yet",
-        ),
-    ];
+    let features = [("peers", "swapd does not support llama-swap's `peers` yet")];
     for (key, message) in features {
         let used = match root.get(key) {
             None | Some(Value::Null) => false,
@@ -702,6 +692,15 @@ pub(crate) fn build(root: Value, reporter: &mut Reporter<'_>) -> Result<Config, 
         ),
         None => (groups, None),
     };
+    let selectors = super::selectors::build_selectors(
+        &top,
+        &built,
+        &aliases,
+        &groups,
+        matrix.as_ref(),
+        reporter,
+    )?;
+    let profiles = super::selectors::build_profiles(&top, &built, &aliases, &selectors, reporter)?;
     check_scheduler(&top, &resolve, reporter)?;
     let preload = build_preload(&top, &resolve, reporter)?;
 
@@ -721,6 +720,8 @@ pub(crate) fn build(root: Value, reporter: &mut Reporter<'_>) -> Result<Config, 
         models: built,
         groups,
         matrix,
+        selectors,
+        profiles,
         preload,
         aliases,
         limits,

@@ -141,6 +141,32 @@ pub fn solve(target: &str, running: &[&str], matrix: &MatrixConfig) -> Decision 
     }
 }
 
+/// Whether one alternative of one set contains every model in `models` (spillover selectors
+/// need their targets to run together).
+pub fn can_contain_all(matrix: &MatrixConfig, models: &[&str]) -> bool {
+    let mut bits: Vec<(u32, Mask)> = Vec::new();
+    for model in models.iter().take(MAX_RELEVANT) {
+        let Some(index) = matrix.index_of(model) else {
+            return false;
+        };
+        if !bits.iter().any(|(i, _)| *i == index) {
+            bits.push((index, 1 << bits.len()));
+        }
+    }
+    let all: Mask = bits.iter().fold(0, |acc, (_, bit)| acc | bit);
+    let bit_of = |index: u32| -> Mask {
+        bits.iter()
+            .find(|(i, _)| *i == index)
+            .map_or(0, |(_, bit)| *bit)
+    };
+    let mut states = Vec::new();
+    matrix.sets.iter().any(|set| {
+        states.clear();
+        evaluate(&set.expr, &bit_of, &mut states);
+        states.iter().any(|state| state & all == all)
+    })
+}
+
 /// The maximal projected states of `expr`'s alternatives, appended to `out`.
 fn evaluate(expr: &MatrixExpr, bit_of: &dyn Fn(u32) -> Mask, out: &mut Vec<Mask>) {
     match expr {
