@@ -9,6 +9,7 @@ pub mod forward;
 pub mod guard;
 pub mod origin;
 mod routes;
+pub mod routing;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
@@ -46,6 +47,8 @@ pub struct App {
     pub request_metrics: bool,
     /// This machine's host name, read once at startup for the `Host` check (see [`origin`]).
     pub hostname: Option<String>,
+    /// The active profile and the selectors' in-flight counts.
+    pub routing: routing::RoutingState,
 }
 
 impl App {
@@ -74,6 +77,7 @@ impl App {
                 .filter(|path| !path.is_empty()),
             request_metrics: std::env::var_os("SWAPD_BENCH_NO_REQUEST_METRICS").is_none(),
             hostname: origin::machine_hostname(),
+            routing: routing::RoutingState::default(),
         }
     }
 
@@ -87,6 +91,7 @@ impl App {
 
     /// Replaces the configuration handlers see (after a reload).
     pub fn set_config(&self, config: Arc<Config>) {
+        self.routing.reset_for(&config);
         *self
             .config
             .write()

@@ -111,6 +111,12 @@ pub fn handle(app: &App, request: tiny_http::Request, active: usize) {
         ("POST", "/api/config/reload") => reload_config(app, request),
         ("GET", "/api/metrics") => http::send_json(request, 200, &app.metrics.rows_json()),
         ("GET", "/api/events") => events(app, request),
+        ("GET", "/api/profiles") => http::send_json(
+            request,
+            200,
+            &super::routing::profiles_json(&app.routing, &app.config()),
+        ),
+        ("PUT", "/api/profiles/active") => set_profile(app, request),
         ("GET" | "HEAD", "/api/version") => http::send_json(
             request,
             200,
@@ -364,6 +370,15 @@ fn model_request(
         Err(error) => return http::send_error(request, 400, &error.to_string(), None, &[]),
     };
     let config = app.config();
+    // Profile pins, then selectors, before aliases and filters (llama-swap's order).
+    let (requested, body, query, _selector_lease) =
+        match route_virtual(app, &config, requested, body, query, source, &content_type) {
+            Ok(routed) => routed,
+            Err((status, message)) => {
+                return http::send_error(request, status, &message, None, &[]);
+            }
+        };
+    let query = query.as_str();
     let Some(model_id) = config.resolve_model(&requested.model).map(str::to_string) else {
         return http::send_error(
             request,
@@ -676,6 +691,12 @@ fn list_models(app: &App, request: tiny_http::Request) {
             }
         }
     }
+    data.extend(super::routing::list_records(
+        &app.routing,
+        &config,
+        &statuses,
+        created,
+    ));
     data.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     let body = serde_json::to_vec(&json!({"object": "list", "data": data}))
         .expect("a JSON value always serialises");
@@ -740,6 +761,12 @@ fn unload_one(app: &App, request: tiny_http::Request, name: &str) {
 
 fn upstream(app: &App, mut request: tiny_http::Request, method: &str, rest: &str, query: &str) {
     let config = app.config();
+    // The active profile's pins apply to /upstream paths too; selectors do not.
+    let pinned = match super::routing::apply_upstream_pin(&app.routing, &config, rest) {
+        Ok(pinned) => pinned,
+        Err((status, message)) => return http::send_error(request, status, &message, None, &[]),
+    };
+    let rest = pinned.as_deref().unwrap_or(rest);
     let Some((model_id, remainder)) = extract::upstream_target(&config, rest) else {
         return http::send_error(
             request,
@@ -921,6 +948,11 @@ fn events(app: &App, request: tiny_http::Request) {
     let mut first = log_event("proxy", &proxy_history);
     first.extend_from_slice(&log_event("upstream", &upstream_history));
     first.extend_from_slice(&event_frame("modelStatus", &status));
+    let mut profile = app.routing.active_profile();
+    first.extend_from_slice(&event_frame(
+        "profileChanged",
+        &json!({ "active": profile }),
+    ));
     if writer.write_chunk(&first).is_err() {
         return;
     }
@@ -943,6 +975,14 @@ fn events(app: &App, request: tiny_http::Request) {
             if now != status {
                 status = now;
                 frame.extend_from_slice(&event_frame("modelStatus", &status));
+            }
+            let active = app.routing.active_profile();
+            if active != profile {
+                profile = active;
+                frame.extend_from_slice(&event_frame(
+                    "profileChanged",
+                    &json!({ "active": profile }),
+                ));
             }
             if client.is_gone() || app.is_shutting_down() {
                 let _ = writer.finish();
@@ -985,5 +1025,77 @@ fn reload_config(app: &App, request: tiny_http::Request) {
             &[],
         ),
         None => http::send_error(request, 503, "the reload did not finish", None, &[]),
+    }
+}
+
+/// The request after profile pins and selectors: the model it now names, its body and query
+/// rewritten to match, and the selector's in-flight lease (held until the request ends).
+type Routed = (
+    extract::Requested,
+    Vec<u8>,
+    String,
+    Option<super::routing::SelectorLease>,
+);
+
+/// Applies the active profile's pin (no chaining), then a selector, to the requested model.
+fn route_virtual(
+    app: &App,
+    config: &crate::config::Config,
+    mut requested: extract::Requested,
+    body: Vec<u8>,
+    query: &str,
+    source: ModelSource,
+    content_type: &str,
+) -> Result<Routed, super::routing::RouteError> {
+    let original = requested.model.clone();
+    if let Some(pinned) = super::routing::apply_pin(&app.routing, config, &requested.model)? {
+        requested.model = pinned;
+    }
+    let mut lease = None;
+    if let Some(selector) = config.selectors.get(&requested.model) {
+        let statuses = app.supervisor.snapshot();
+        let (target, selector_lease) = super::routing::select(&app.routing, selector, &statuses)?;
+        log::info!(
+            "selector {}: {} → {target}",
+            selector.id,
+            selector.strategy.as_str()
+        );
+        requested.model = target;
+        lease = Some(selector_lease);
+    }
+    if requested.model == original {
+        return Ok((requested, body, query.to_string(), lease));
+    }
+    let bad = |error: String| (400, error);
+    let (body, query) = match source {
+        ModelSource::JsonBody => (
+            super::routing::replace_json_model(&body, &requested.model).map_err(bad)?,
+            query.to_string(),
+        ),
+        ModelSource::Multipart => (
+            extract::rewrite_multipart_model(&body, content_type, &requested.model)
+                .map_err(|error| bad(error.to_string()))?,
+            query.to_string(),
+        ),
+        ModelSource::Query => (
+            body,
+            super::routing::replace_query_model(query, &requested.model),
+        ),
+    };
+    Ok((requested, body, query, lease))
+}
+
+/// `PUT /api/profiles/active`.
+fn set_profile(app: &App, mut request: tiny_http::Request) {
+    let body = match read_body(app, &mut request, 64 * 1024) {
+        Ok(body) => body,
+        Err(too_large) => return body_error(request, too_large, 64 * 1024),
+    };
+    match super::routing::set_profile(&app.routing, &app.config(), &body) {
+        Ok(answer) => {
+            log::info!("profile: active is now {}", answer["active"]);
+            http::send_json(request, 200, &answer)
+        }
+        Err((status, message)) => http::send_error(request, status, &message, None, &[]),
     }
 }
