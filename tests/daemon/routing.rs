@@ -153,3 +153,277 @@ fn matrix_config_errors_name_file_line_and_key() {
         "{stderr}"
     );
 }
+
+fn put_json(url: &str, body: &str) -> Reply {
+    let response = agent()
+        .put(url)
+        .header("Content-Type", "application/json")
+        .send(body.as_bytes());
+    let mut response = response.expect("transport");
+    Reply {
+        status: response.status().as_u16(),
+        headers: Vec::new(),
+        body: response.body_mut().read_to_string().unwrap_or_default(),
+    }
+}
+
+/// The `/v1/models` record with this id, if listed.
+fn listed(daemon: &Daemon, id: &str) -> Option<serde_json::Value> {
+    get_json(&daemon.url("/v1/models"))["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .find(|record| record["id"] == id)
+        .cloned()
+}
+
+/// Reads an SSE stream until `needle` has been seen (bounded by the socket's read timeout).
+fn read_until(stream: &mut std::net::TcpStream, seen: &mut String, needle: &str) {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut buffer = [0u8; 4096];
+    while !seen.contains(needle) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} in {seen}"
+        );
+        match stream.read(&mut buffer) {
+            Ok(0) => panic!("stream closed before {needle:?}: {seen}"),
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buffer[..n])),
+            Err(error) => panic!("read failed ({error}) before {needle:?}: {seen}"),
+        }
+    }
+}
+
+const PROFILE_TOP: &str = "profiles:\n  coding:\n    description: pair programming\n    pins:\n      chat: b\n      b: a\n      c: \"\"\n      quick: fast\n  other:\n    pins: {chat: c}\nselectors:\n  fast:\n    strategy: pin\n    targets: [b]\n";
+
+#[test]
+fn profiles_pin_requested_models_without_chaining() {
+    let config = simple_config(&["a", "b", "c"], "", PROFILE_TOP);
+    let daemon = Daemon::start(&config);
+    // None active at start: `chat` is nobody.
+    let profiles = get_json(&daemon.url("/api/profiles"));
+    assert_eq!(profiles["active"], serde_json::Value::Null);
+    assert_eq!(profiles["profiles"][0]["id"], "coding");
+    assert_eq!(profiles["profiles"][0]["pins"]["chat"], "b");
+    assert_eq!(profiles["profiles"][0]["pins"]["c"], "");
+    let reply = post_json(&daemon.url("/v1/chat/completions"), &chat("chat"));
+    assert_eq!(reply.status, 404, "{}", reply.body);
+    assert!(listed(&daemon, "chat").is_none());
+
+    // Events: the current profile on connect, then every change.
+    let mut events = std::net::TcpStream::connect(&daemon.addr).expect("connect");
+    events
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    std::io::Write::write_all(
+        &mut events,
+        format!("GET /api/events HTTP/1.1\r\nHost: {}\r\n\r\n", daemon.addr).as_bytes(),
+    )
+    .expect("write");
+    let mut seen = String::new();
+    read_until(&mut events, &mut seen, r#"\"active\":null"#);
+
+    let reply = put_json(&daemon.url("/api/profiles/active"), r#"{"name":"coding"}"#);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["active"], "coding");
+    read_until(&mut events, &mut seen, r#"{\"active\":\"coding\"}"#);
+
+    // JSON body: chat → b, and b → a (pins do not chain: chat is b, not a).
+    let reply = post_json(&daemon.url("/v1/chat/completions"), &chat("chat"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["model_served"], "b");
+    assert_eq!(
+        reply.json()["request_body"]["model"],
+        "b",
+        "the body names the target"
+    );
+    assert_eq!(served(&daemon, "b").0, "a");
+    // An empty target disables the id.
+    let reply = post_json(&daemon.url("/v1/chat/completions"), &chat("c"));
+    assert_eq!(reply.status, 404, "{}", reply.body);
+    // A pin to a selector goes through the selector.
+    assert_eq!(served(&daemon, "quick").0, "b");
+    // Query (GET /props?model=) and multipart form.
+    let reply = get(&daemon.url("/props?model=chat"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["model_served"], "b");
+    let body = b"--BOUND\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nchat\r\n--BOUND\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nabc\r\n--BOUND--\r\n";
+    let reply = post_raw(
+        &daemon.url("/v1/audio/transcriptions"),
+        "multipart/form-data; boundary=BOUND",
+        body,
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["model_served"], "b");
+    // /upstream/<pin>/...: the longest pin prefix is replaced.
+    let reply = get(&daemon.url("/upstream/chat/props"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["model_served"], "b");
+    assert_eq!(reply.json()["path"], "/props");
+    // /v1/models lists the active pins that are not model ids.
+    let record = listed(&daemon, "chat").expect("chat is listed while coding is active");
+    assert_eq!(record["meta"]["llamaswap"]["type"], "profile");
+    assert_eq!(
+        listed(&daemon, "b").expect("b")["meta"]["llamaswap"]["type"],
+        "model"
+    );
+
+    // Bad bodies and unknown names leave the profile as it is.
+    assert_eq!(
+        put_json(&daemon.url("/api/profiles/active"), "nope").status,
+        400
+    );
+    assert_eq!(
+        put_json(&daemon.url("/api/profiles/active"), "{}").status,
+        400
+    );
+    assert_eq!(
+        put_json(&daemon.url("/api/profiles/active"), r#"{"name":5}"#).status,
+        400
+    );
+    let reply = put_json(&daemon.url("/api/profiles/active"), r#"{"name":"missing"}"#);
+    assert_eq!(reply.status, 404, "{}", reply.body);
+    assert_eq!(get_json(&daemon.url("/api/profiles"))["active"], "coding");
+
+    // Switching profiles applies at once.
+    assert_eq!(
+        put_json(&daemon.url("/api/profiles/active"), r#"{"name":"other"}"#).status,
+        200
+    );
+    assert_eq!(served(&daemon, "chat").0, "c");
+    read_until(&mut events, &mut seen, r#"{\"active\":\"other\"}"#);
+
+    // A reload deactivates the profile without restarting the running model.
+    let pid_c = daemon.pid_of("c").expect("c runs");
+    let reply = post_json(&daemon.url("/api/config/reload"), &serde_json::json!({}));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        get_json(&daemon.url("/api/profiles"))["active"],
+        serde_json::Value::Null
+    );
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("chat")).status,
+        404
+    );
+    assert_eq!(served(&daemon, "c"), ("c".to_string(), pid_c));
+    // Clearing with null.
+    assert_eq!(
+        put_json(&daemon.url("/api/profiles/active"), r#"{"name":"coding"}"#).status,
+        200
+    );
+    let reply = put_json(&daemon.url("/api/profiles/active"), r#"{"name":null}"#);
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["active"], serde_json::Value::Null);
+}
+
+#[test]
+fn selectors_route_by_strategy() {
+    let top = "groups:\n  pool:\n    swap: false\n    members: [s1, s2]\nselectors:\n  pinned:\n    strategy: pin\n    targets: [b, a]\n    name: Pinned\n  warmest:\n    strategy: warm\n    targets: [a, b]\n    description: whatever is warm\n  spill:\n    strategy: spillover\n    targets: [s1, s2]\n    metadata: {tier: gpu}\n  hidden:\n    strategy: pin\n    targets: [a]\n    unlisted: true\n";
+    let config = simple_config(&["a", "b", "s1", "s2"], "", top);
+    let daemon = Daemon::start(&config);
+    // Listed as selectors, unloaded while no target runs.
+    let record = listed(&daemon, "spill").expect("spill is listed");
+    assert_eq!(record["meta"]["llamaswap"]["type"], "selector");
+    assert_eq!(record["meta"]["llamaswap"]["strategy"], "spillover");
+    assert_eq!(record["meta"]["llamaswap"]["spillover"], 1);
+    assert_eq!(record["meta"]["llamaswap"]["tier"], "gpu");
+    assert_eq!(record["status"]["value"], "unloaded");
+    assert_eq!(listed(&daemon, "pinned").expect("pinned")["name"], "Pinned");
+    assert!(listed(&daemon, "hidden").is_none());
+
+    // pin: always the first target.
+    let (model, pid_b) = served(&daemon, "pinned");
+    assert_eq!(model, "b");
+    assert_eq!(
+        listed(&daemon, "pinned").expect("pinned")["status"]["value"],
+        "loaded"
+    );
+    // warm: b is ready, so b serves although a is listed first.
+    assert_eq!(served(&daemon, "warmest"), ("b".to_string(), pid_b));
+    assert_eq!(
+        served(&daemon, "hidden").0,
+        "a",
+        "unlisted selectors still route"
+    );
+    wait_gone(pid_b);
+    // Now a is the warm one.
+    assert_eq!(served(&daemon, "warmest").0, "a");
+    // Not applied to /upstream.
+    assert_eq!(get(&daemon.url("/upstream/pinned/props")).status, 404);
+
+    // spillover: a long stream keeps s1 busy, so the next request cold-starts s2.
+    let mut stream = open_stream(
+        &daemon.addr,
+        "/v1/chat/completions",
+        &serde_json::json!({"model": "spill", "stream": true, "stream_chunks": 200, "stream_interval_ms": 20,
+                            "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, "\"model\":\"s1\"");
+    let (model, pid_s2) = served(&daemon, "spill");
+    assert_eq!(model, "s2");
+    let pid_s1 = daemon.pid_of("s1").expect("s1 runs");
+    drop(stream);
+    wait_for("s1's stream to end", Duration::from_secs(20), || {
+        let status = get_json(&daemon.url("/running"));
+        status["running"]
+            .as_array()
+            .is_some_and(|r| r.len() == 2)
+            .then_some(())
+    });
+    // Both idle: equally busy targets take turns.
+    wait_for(
+        "the selector's counts to drain",
+        Duration::from_secs(20),
+        || {
+            let mut pids: Vec<u32> = (0..4).map(|_| served(&daemon, "spill").1).collect();
+            pids.sort_unstable();
+            pids.dedup();
+            (pids == {
+                let mut both = vec![pid_s1, pid_s2];
+                both.sort_unstable();
+                both
+            })
+            .then_some(())
+        },
+    );
+    assert_eq!(
+        listed(&daemon, "spill").expect("spill")["status"]["value"],
+        "loaded"
+    );
+}
+
+#[test]
+fn profile_and_selector_config_errors_name_file_line_and_key() {
+    let dir = TempDir::new("routing-check");
+    let path = dir.path().join("config.yaml");
+    for (text, expected) in [
+        (
+            "models:\n  a:\n    cmd: x --port ${PORT}\nprofiles:\n  old:\n    - a\n",
+            ":5:3: profiles.old: profile must be a mapping with description and pins; the legacy list syntax is no longer supported",
+        ),
+        (
+            "models:\n  a:\n    cmd: x --port ${PORT}\nprofiles:\n  p:\n    pins:\n      x: nope\n",
+            ":7:7: profiles.p.pins.x: pin 'x' references unknown model 'nope'",
+        ),
+        (
+            "models:\n  a:\n    cmd: x --port ${PORT}\nselectors:\n  a:\n    strategy: pin\n    targets: [a]\n",
+            ":5:3: selectors.a: selector id 'a' conflicts with model id 'a'",
+        ),
+    ] {
+        std::fs::write(&path, text).expect("write");
+        let output = std::process::Command::new(SWAPD)
+            .arg("--check-config")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .expect("run swapd");
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!("{}{expected}", path.display())),
+            "{stderr}"
+        );
+    }
+}
