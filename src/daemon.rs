@@ -17,14 +17,17 @@ use crate::systemd;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Run(Options),
-    CheckConfig(String),
+    CheckConfig(config::Sources),
     Version,
     Help,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
+    /// The config file; empty when only `--config-dir` is given.
     pub config: String,
+    /// A directory of `*.yml`/`*.yaml` files merged after the file (`--config-dir`).
+    pub config_dir: Option<String>,
     pub listen: String,
     pub watch_config: bool,
     pub log_level: Option<String>,
@@ -33,11 +36,12 @@ pub struct Options {
 pub const USAGE: &str = "\
 swapd: a model-swapping proxy for local LLM servers (llama-swap compatible)
 
-usage: swapd --config FILE [--listen ADDR] [--watch-config] [--log-level LEVEL]
-       swapd --check-config FILE
+usage: swapd --config FILE [--config-dir DIR] [--listen ADDR] [--watch-config] [--log-level LEVEL]
+       swapd --check-config FILE | --check-config --config-dir DIR [--config FILE]
        swapd --version | --help
 
   --config FILE      llama-swap style config.yaml (also -config)
+  --config-dir DIR   also load DIR/*.yml and *.yaml, sorted, merged after FILE (either or both)
   --listen ADDR      address to listen on, default 127.0.0.1:8080 (':8080' means all interfaces)
   --watch-config     reload when the config file changes (also SIGHUP)
   --log-level LEVEL  debug, info, warn or error (overrides logLevel)
@@ -48,6 +52,7 @@ usage: swapd --config FILE [--listen ADDR] [--watch-config] [--log-level LEVEL]
 /// Parses arguments in both the GNU (`--config x`, `--config=x`) and Go (`-config x`) forms.
 pub fn parse_args(args: &[String]) -> Result<Action, String> {
     let mut config = None;
+    let mut config_dir = None;
     let mut listen = None;
     let mut watch_config = false;
     let mut log_level = None;
@@ -74,6 +79,7 @@ pub fn parse_args(args: &[String]) -> Result<Action, String> {
         };
         match name {
             "config" => config = Some(value("config")?),
+            "config-dir" => config_dir = Some(value("config-dir")?),
             "listen" => listen = Some(value("listen")?),
             "log-level" => log_level = Some(value("log-level")?),
             "watch-config" => watch_config = inline.as_deref() != Some("false"),
@@ -95,10 +101,16 @@ pub fn parse_args(args: &[String]) -> Result<Action, String> {
         }
         index += 1;
     }
-    let config = config.ok_or("--config FILE is required (see --help)")?;
-    if check {
-        return Ok(Action::CheckConfig(config));
+    if config.is_none() && config_dir.is_none() {
+        return Err("--config FILE or --config-dir DIR is required (see --help)".to_string());
     }
+    if check {
+        return Ok(Action::CheckConfig(config::Sources {
+            file: config.map(std::path::PathBuf::from),
+            dir: config_dir.map(std::path::PathBuf::from),
+        }));
+    }
+    let config = config.unwrap_or_default();
     let listen = listen.unwrap_or_else(|| "127.0.0.1:8080".to_string());
     let listen = match listen.strip_prefix(':') {
         Some(port) => format!("0.0.0.0:{port}"),
@@ -106,10 +118,21 @@ pub fn parse_args(args: &[String]) -> Result<Action, String> {
     };
     Ok(Action::Run(Options {
         config,
+        config_dir,
         listen,
         watch_config,
         log_level,
     }))
+}
+
+impl Options {
+    /// The config sources these options name.
+    pub fn sources(&self) -> config::Sources {
+        config::Sources {
+            file: Some(std::path::PathBuf::from(&self.config)).filter(|_| !self.config.is_empty()),
+            dir: self.config_dir.as_ref().map(std::path::PathBuf::from),
+        }
+    }
 }
 
 fn level_filter(level: LogLevel) -> log::LevelFilter {
@@ -129,7 +152,8 @@ pub fn run(options: Options) -> Result<(), String> {
     let notifier = Arc::new(notifier);
     let activation = systemd::activated_listener()?;
     let signals = block_signals();
-    let loaded = config::load(std::path::Path::new(&options.config)).map_err(|e| e.to_string())?;
+    let sources = options.sources();
+    let loaded = config::load_sources(&sources).map_err(|e| e.to_string())?;
     for warning in &loaded.warnings {
         eprintln!("warning: {warning}");
     }
@@ -229,13 +253,8 @@ pub fn run(options: Options) -> Result<(), String> {
     eprintln!("swapd: listening on http://{local_addr}");
 
     preload(&supervisor, config.preload.clone());
-    let config_path = std::path::PathBuf::from(&options.config);
     if options.watch_config {
-        reload::watch(
-            config_path.clone(),
-            Duration::from_secs(2),
-            reload_tx.clone(),
-        );
+        reload::watch(sources.clone(), Duration::from_secs(2), reload_tx.clone());
     }
     notifier.ready();
 
@@ -245,9 +264,9 @@ pub fn run(options: Options) -> Result<(), String> {
         crossbeam_channel::select! {
             recv(signals) -> signal => match signal {
                 Ok(libc::SIGHUP) => {
-                    log::info!("SIGHUP: reloading {}", config_path.display());
+                    log::info!("SIGHUP: reloading {}", sources.describe());
                     notifier.reloading();
-                    reload::serve(&config_path, &app, ReloadRequest { reply: None }, &reload_rx);
+                    reload::serve(&sources, &app, ReloadRequest { reply: None }, &reload_rx);
                     notifier.ready();
                 }
                 Ok(signal) => {
@@ -259,7 +278,7 @@ pub fn run(options: Options) -> Result<(), String> {
             recv(reload_rx) -> request => {
                 if let Ok(request) = request {
                     notifier.reloading();
-                    reload::serve(&config_path, &app, request, &reload_rx);
+                    reload::serve(&sources, &app, request, &reload_rx);
                     notifier.ready();
                 }
             }
@@ -428,6 +447,7 @@ mod tests {
     fn both_flag_styles_parse() {
         let expected = Action::Run(Options {
             config: "c.yaml".into(),
+            config_dir: None,
             listen: "127.0.0.1:9000".into(),
             watch_config: true,
             log_level: None,
@@ -465,8 +485,25 @@ mod tests {
         }
         assert_eq!(
             parse_args(&args(&["--check-config", "c.yaml"])),
-            Ok(Action::CheckConfig("c.yaml".into()))
+            Ok(Action::CheckConfig(config::Sources::file("c.yaml")))
         );
+        assert_eq!(
+            parse_args(&args(&["-check-config", "-config-dir", "conf.d"])),
+            Ok(Action::CheckConfig(config::Sources {
+                file: None,
+                dir: Some("conf.d".into()),
+            }))
+        );
+        match parse_args(&args(&["--config-dir=conf.d", "--config", "c.yaml"])) {
+            Ok(Action::Run(options)) => assert_eq!(
+                options.sources(),
+                config::Sources {
+                    file: Some("c.yaml".into()),
+                    dir: Some("conf.d".into()),
+                }
+            ),
+            other => panic!("unexpected {other:?}"),
+        }
         assert_eq!(parse_args(&args(&["-version"])), Ok(Action::Version));
         assert!(parse_args(&args(&[])).is_err());
         assert!(parse_args(&args(&["--bogus"])).is_err());

@@ -23,13 +23,13 @@ fn main() -> ExitCode {
             println!("swapd version {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Action::CheckConfig(path) => match swapd::config::load(std::path::Path::new(&path)) {
+        Action::CheckConfig(sources) => match swapd::config::load_sources(&sources) {
             Ok(loaded) => {
                 for warning in &loaded.warnings {
                     eprintln!("warning: {warning}");
                 }
                 print!("{}", loaded.config.summary());
-                println!("{path}: OK");
+                println!("{}: OK", sources.describe());
                 ExitCode::SUCCESS
             }
             Err(error) => {

@@ -23,12 +23,17 @@ pub struct ReloadRequest {
 }
 
 /// Reloads the file once for this request and every other one already waiting, answering all.
-pub fn serve(path: &Path, app: &App, first: ReloadRequest, pending: &Receiver<ReloadRequest>) {
+pub fn serve(
+    sources: &config::Sources,
+    app: &App,
+    first: ReloadRequest,
+    pending: &Receiver<ReloadRequest>,
+) {
     let mut requests = vec![first];
     requests.extend(pending.try_iter());
-    let outcome = reload(path, app);
+    let outcome = reload(sources, app);
     match &outcome {
-        Ok(summary) => log::info!("config reloaded from {}: {summary:?}", path.display()),
+        Ok(summary) => log::info!("config reloaded from {}: {summary:?}", sources.describe()),
         Err(error) => log::error!("config reload rejected, the old config keeps serving: {error}"),
     }
     for request in requests {
@@ -38,8 +43,8 @@ pub fn serve(path: &Path, app: &App, first: ReloadRequest, pending: &Receiver<Re
     }
 }
 
-fn reload(path: &Path, app: &App) -> Result<ReloadSummary, String> {
-    let loaded = config::load(path).map_err(|error| error.to_string())?;
+fn reload(sources: &config::Sources, app: &App) -> Result<ReloadSummary, String> {
+    let loaded = config::load_sources(sources).map_err(|error| error.to_string())?;
     for warning in &loaded.warnings {
         log::warn!("config: {warning}");
     }
@@ -98,29 +103,50 @@ fn stamp(path: &Path) -> Option<Stamp> {
     })
 }
 
-/// Polls the file every `interval` and asks for a reload when it changed and has been stable
-/// for one more short look (an editor may still be writing). A file that disappears is ignored
-/// until it comes back.
-pub fn watch(path: PathBuf, interval: Duration, requests: Sender<ReloadRequest>) {
+/// The stamps of every source: the file, and each YAML file in the directory (so adding,
+/// removing or editing one is a change).
+fn stamps(sources: &config::Sources) -> Option<Vec<(PathBuf, Stamp)>> {
+    let mut all = Vec::new();
+    if let Some(file) = &sources.file {
+        all.push((file.clone(), stamp(file)?));
+    }
+    if sources.dir.is_some() {
+        let dir_only = config::Sources {
+            file: None,
+            dir: sources.dir.clone(),
+        };
+        for path in dir_only.files().ok()? {
+            if let Some(found) = stamp(&path) {
+                all.push((path, found));
+            }
+        }
+    }
+    Some(all)
+}
+
+/// Polls the sources every `interval` and asks for a reload when they changed and have been
+/// stable for one more short look (an editor may still be writing). A file that disappears is
+/// ignored until it comes back; in the directory, adding or removing a file is a change.
+pub fn watch(sources: config::Sources, interval: Duration, requests: Sender<ReloadRequest>) {
     let spawned = thread::Builder::new()
         .name("config-watch".to_string())
         .stack_size(128 * 1024)
         .spawn(move || {
-            let mut last = stamp(&path);
+            let mut last = stamps(&sources);
             loop {
                 thread::sleep(interval);
-                let Some(now) = stamp(&path) else {
+                let Some(now) = stamps(&sources) else {
                     continue;
                 };
                 if Some(&now) == last.as_ref() {
                     continue;
                 }
                 thread::sleep(Duration::from_millis(100));
-                let settled = stamp(&path);
+                let settled = stamps(&sources);
                 if settled.as_ref() != Some(&now) {
                     continue;
                 }
-                log::info!("{} changed; reloading", path.display());
+                log::info!("{} changed; reloading", sources.describe());
                 last = settled;
                 if requests.send(ReloadRequest { reply: None }).is_err() {
                     return;

@@ -100,18 +100,22 @@ impl fmt::Display for KeyPath {
     }
 }
 
-/// Turns key paths into located errors and collects warnings while one file is loaded.
+/// Turns key paths into located errors and collects warnings while a config is loaded. With
+/// several files (`--config-dir`), a key is located in the file that defines it most deeply.
 pub(crate) struct Reporter<'a> {
-    file: &'a Path,
-    locator: &'a Locator,
+    files: Vec<(&'a Path, &'a Locator)>,
     warnings: Vec<String>,
 }
 
 impl<'a> Reporter<'a> {
     pub(crate) fn new(file: &'a Path, locator: &'a Locator) -> Reporter<'a> {
+        Reporter::multi(vec![(file, locator)])
+    }
+
+    /// A reporter over several files, in load order (the first wins a tie).
+    pub(crate) fn multi(files: Vec<(&'a Path, &'a Locator)>) -> Reporter<'a> {
         Reporter {
-            file,
-            locator,
+            files,
             warnings: Vec::new(),
         }
     }
@@ -119,11 +123,31 @@ impl<'a> Reporter<'a> {
     /// An error about the value at `path`, located at that key or, failing that, at the
     /// closest enclosing key the locator can find (a missing key is reported at its parent).
     pub(crate) fn error(&self, path: &KeyPath, message: impl Into<String>) -> ConfigError {
-        let position = self.locator.nearest(path.segments());
+        let segments = path.segments();
+        let mut best: Option<(usize, &Path, (usize, usize))> = None;
+        for (file, locator) in &self.files {
+            let found = (1..=segments.len())
+                .rev()
+                .find_map(|length| locator.exact(&segments[..length]).map(|at| (length, at)));
+            if let Some((depth, at)) = found {
+                if best.is_none_or(|(best_depth, _, _)| depth > best_depth) {
+                    best = Some((depth, file, at));
+                }
+            }
+        }
+        let file = best.map_or_else(
+            || {
+                self.files
+                    .first()
+                    .map(|(file, _)| *file)
+                    .unwrap_or(Path::new(""))
+            },
+            |(_, file, _)| file,
+        );
         ConfigError {
-            path: self.file.to_path_buf(),
-            line: position.map(|(line, _)| line),
-            column: position.map(|(_, column)| column),
+            path: file.to_path_buf(),
+            line: best.map(|(_, _, (line, _))| line),
+            column: best.map(|(_, _, (_, column))| column),
             key: path.to_string(),
             message: message.into(),
         }

@@ -20,6 +20,7 @@ mod matrix;
 mod scan;
 mod schema;
 mod selectors;
+mod sources;
 mod typed;
 
 #[cfg(test)]
@@ -40,9 +41,7 @@ pub use command::split_command;
 pub use error::ConfigError;
 pub use matrix::{Expr as MatrixExpr, MatrixConfig, MatrixSet};
 pub use selectors::{ProfileConfig, SelectorConfig, Strategy as SelectorStrategy};
-
-use error::{KeyPath, Reporter};
-use scan::Locator;
+pub use sources::{load_sources, parse_many, Sources};
 
 /// The id of the implicit group that holds every model not listed in an explicit group.
 pub const DEFAULT_GROUP_ID: &str = "(default)";
@@ -319,23 +318,7 @@ pub fn parse(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Loaded, ConfigError> {
-    check_nesting(text, path)?;
-    let text = env::substitute(text, path, env)?;
-    let scanned = scan::scan(&text);
-    let locator = Locator::new(&scanned);
-    let mut reporter = Reporter::new(path, &locator);
-
-    let mut document: serde_yaml::Value =
-        serde_yaml::from_str(&text).map_err(|error| syntax_error(path, &error))?;
-    document
-        .apply_merge()
-        .map_err(|error| syntax_error(path, &error))?;
-    let document = typed::normalize(document, &KeyPath::root(), &reporter)?;
-    let config = typed::build(document, &mut reporter)?;
-    Ok(Loaded {
-        config,
-        warnings: reporter.into_warnings(),
-    })
+    sources::parse_many(&[(path.to_path_buf(), text.to_string())], env)
 }
 
 /// The deepest nesting a config may use. Real configs use fewer than ten levels; the limit

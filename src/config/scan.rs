@@ -387,6 +387,7 @@ impl Locator {
     }
 
     /// The position of `path`, or of its closest ancestor that can be found.
+    #[cfg(test)]
     pub(crate) fn nearest(&self, path: &[Segment]) -> Option<(usize, usize)> {
         (1..=path.len())
             .rev()

@@ -427,3 +427,206 @@ fn profile_and_selector_config_errors_name_file_line_and_key() {
         );
     }
 }
+
+/// Writes a file with `{FAKE}` and `{DIR}` (the daemon's directory) filled in, atomically.
+fn write_templated(daemon: &Daemon, path: &std::path::Path, text: &str) {
+    let text = text
+        .replace("{FAKE}", FAKE)
+        .replace("{DIR}", daemon.dir.path().to_str().expect("utf-8"));
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, text).expect("write");
+    std::fs::rename(&temporary, path).expect("rename");
+}
+
+fn model_entry(id: &str) -> String {
+    format!(
+        "  {id}:\n    cmd: {{FAKE}} --port ${{PORT}} --model {id} --pid-file {{DIR}}/{id}.pid\n"
+    )
+}
+
+#[test]
+fn reload_applies_routing_changes_without_restarting_models() {
+    let models: String = ["a", "b", "c"].iter().map(|m| model_entry(m)).collect();
+    let head = format!(
+        "startPort: {}\nhealthCheckTimeout: 15\nmodels:\n{models}",
+        free_port_range(3)
+    );
+    let before = format!(
+        "{head}matrix:\n  sets:\n    ab: \"a & b\"\n    conly: c\nselectors:\n  sel: {{strategy: pin, targets: [a]}}\n"
+    );
+    let daemon = Daemon::start(&before);
+    let (_, pid_a) = served(&daemon, "a");
+    let (_, pid_b) = served(&daemon, "b");
+    assert_eq!(served(&daemon, "sel"), ("a".to_string(), pid_a));
+
+    let after = format!(
+        "{head}matrix:\n  sets:\n    ac: \"a & c\"\n    bonly: b\nselectors:\n  sel: {{strategy: pin, targets: [b]}}\nprofiles:\n  p:\n    pins: {{x: c}}\n"
+    );
+    write_templated(&daemon, &daemon.dir.path().join("config.yaml"), &after);
+    let reply = post_raw(&daemon.url("/api/config/reload"), "application/json", b"");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // The selector's new target serves at once, from the process that was already running.
+    assert_eq!(served(&daemon, "sel"), ("b".to_string(), pid_b));
+    assert_eq!(served(&daemon, "a"), ("a".to_string(), pid_a));
+    // The new profile exists; the new matrix sets decide: c goes with a, b is evicted.
+    assert_eq!(
+        put_json(&daemon.url("/api/profiles/active"), r#"{"name":"p"}"#).status,
+        200
+    );
+    assert_eq!(served(&daemon, "x").0, "c");
+    wait_gone(pid_b);
+    daemon.wait_running(&["a", "c"]);
+    assert!(pid_alive(pid_a));
+}
+
+/// Kills, on drop, every process whose command line mentions `marker` (fake upstreams that a
+/// config outside the daemon's own directory started).
+struct KillByMarker(String);
+
+impl Drop for KillByMarker {
+    fn drop(&mut self) {
+        for pid in pids_with_cmdline(&self.0) {
+            kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+#[test]
+fn config_dir_merges_files_and_reloads_the_whole_set() {
+    let conf = TempDir::new("conf-d");
+    let conf_path = conf.path().to_str().expect("utf-8").to_string();
+    let _cleanup = KillByMarker(conf_path.clone());
+    let entry = |id: &str| {
+        format!("  {id}:\n    cmd: {FAKE} --port ${{PORT}} --model {id} --pid-file {conf_path}/{id}.pid\n")
+    };
+    std::fs::write(
+        conf.path().join("10-b.yaml"),
+        format!(
+            "models:\n{}profiles:\n  p:\n    pins: {{alias-b: b}}\n",
+            entry("b")
+        ),
+    )
+    .expect("write");
+    std::fs::write(
+        conf.path().join("20-selectors.yml"),
+        "selectors:\n  pick: {strategy: pin, targets: [b]}\napiKeys: []\n",
+    )
+    .expect("write");
+    std::fs::write(conf.path().join("ignored.txt"), "not: [yaml").expect("write");
+    let main = format!(
+        "startPort: {}\nhealthCheckTimeout: 15\nmodels:\n{}",
+        free_port_range(6),
+        model_entry("a")
+    );
+    let daemon = Daemon::start_with_args(&main, &["--config-dir", &conf_path, "--watch-config"]);
+    assert_eq!(served(&daemon, "a").0, "a");
+    let (model, pid_b) = served(&daemon, "b");
+    assert_eq!(model, "b");
+    assert_eq!(served(&daemon, "pick"), ("b".to_string(), pid_b));
+    assert!(get_json(&daemon.url("/api/profiles"))["profiles"][0]["id"] == "p");
+
+    // --watch-config sees a new file in the directory.
+    std::fs::write(
+        conf.path().join("30-c.yaml"),
+        format!("models:\n{}", entry("c")),
+    )
+    .expect("write");
+    wait_for("c to be added", Duration::from_secs(15), || {
+        listed(&daemon, "c").map(|_| ())
+    });
+    let (model, pid_c) = served(&daemon, "c");
+    assert_eq!(model, "c");
+
+    // SIGHUP reloads the whole set too (the watcher may get there first; either way d appears).
+    std::fs::write(
+        conf.path().join("40-d.yaml"),
+        format!("models:\n{}", entry("d")),
+    )
+    .expect("write");
+    kill(daemon.pid(), libc::SIGHUP);
+    wait_for("d to be added", Duration::from_secs(15), || {
+        listed(&daemon, "d").map(|_| ())
+    });
+
+    // A file that defines a model again is rejected, naming both files; the old set serves.
+    std::fs::write(
+        conf.path().join("50-dup.yaml"),
+        format!("models:\n{}", entry("b")),
+    )
+    .expect("write");
+    let reply = post_raw(&daemon.url("/api/config/reload"), "application/json", b"");
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    let message = reply.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains(&format!("{conf_path}/50-dup.yaml:2:3: models.b: 'b' is defined in more than one file; already set in {conf_path}/10-b.yaml:2")),
+        "{message}"
+    );
+    assert_eq!(served(&daemon, "c"), ("c".to_string(), pid_c));
+    assert!(listed(&daemon, "d").is_some());
+    std::fs::remove_file(conf.path().join("50-dup.yaml")).expect("remove");
+
+    // --check-config takes the same flags, alone or together, Go style too.
+    let check = |args: &[&str]| {
+        std::process::Command::new(SWAPD)
+            .args(args)
+            .output()
+            .expect("run swapd")
+    };
+    let output = check(&["-check-config", "-config-dir", &conf_path]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("3 model(s)"));
+    let config_file = daemon.dir.path().join("config.yaml");
+    let config_file = config_file.to_str().expect("utf-8");
+    let output = check(&[
+        "--check-config",
+        "--config",
+        config_file,
+        "--config-dir",
+        &conf_path,
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("4 model(s)"));
+    // A scalar that differs between files.
+    std::fs::write(conf.path().join("60-port.yaml"), "startPort: 1\n").expect("write");
+    let output = check(&[
+        "--check-config",
+        "--config",
+        config_file,
+        "--config-dir",
+        &conf_path,
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{conf_path}/60-port.yaml:1:1: startPort: 1 differs from the earlier value"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("already set in {config_file}:1")),
+        "{stderr}"
+    );
+    // The file may not also be inside the directory.
+    let inside = conf.path().join("10-b.yaml");
+    let output = check(&[
+        "--check-config",
+        "--config",
+        inside.to_str().expect("utf-8"),
+        "--config-dir",
+        &conf_path,
+    ]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is inside the config directory"));
+}
