@@ -220,10 +220,51 @@ pub fn send_error(
     code: Option<&str>,
     extra: &[(&str, &str)],
 ) {
-    let body = error_body(status, message, code);
-    let mut headers: Vec<(&str, &str)> = vec![("Content-Type", "application/json")];
+    let accept = request
+        .headers()
+        .iter()
+        .find(|header| header.field.equiv("Accept"))
+        .map(|header| header.value.as_str().to_string())
+        .unwrap_or_default();
+    let (content_type, body) = error_variant(&accept, status, message, code);
+    let mut headers: Vec<(&str, &str)> = vec![("Content-Type", content_type)];
     headers.extend_from_slice(extra);
     let _ = ResponseWriter::send_whole(request, status, &headers, &body);
+}
+
+/// The error body for a client's `Accept` header (llama-swap §2.7): `text/plain` gets
+/// `swapd: <message>`, `text/html` a tiny page, anything else the JSON envelope. Unlike
+/// llama-swap, a client that also accepts `application/json` (axios sends
+/// `application/json, text/plain, */*`) keeps getting JSON, so JSON clients never get text.
+pub fn error_variant(
+    accept: &str,
+    status: u16,
+    message: &str,
+    code: Option<&str>,
+) -> (&'static str, Vec<u8>) {
+    let accept = accept.to_ascii_lowercase();
+    if accept.contains("application/json") {
+        return ("application/json", error_body(status, message, code));
+    }
+    if accept.contains("text/plain") {
+        return (
+            "text/plain; charset=utf-8",
+            format!("swapd: {message}").into_bytes(),
+        );
+    }
+    if accept.contains("text/html") {
+        let escaped = message
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&#34;")
+            .replace('\'', "&#39;");
+        return (
+            "text/html; charset=utf-8",
+            format!("<html><body><h1>swapd</h1><p>{escaped}</p></body></html>").into_bytes(),
+        );
+    }
+    ("application/json", error_body(status, message, code))
 }
 
 /// Sends a JSON value with status 200 (or `status`).
@@ -370,6 +411,36 @@ pub fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_variants_follow_accept() {
+        let (kind, body) = error_variant("text/plain", 404, "no <model>", None);
+        assert_eq!(
+            (kind, body.as_slice()),
+            ("text/plain; charset=utf-8", &b"swapd: no <model>"[..])
+        );
+        let (kind, body) = error_variant(
+            "text/html,application/xhtml+xml,*/*;q=0.8",
+            404,
+            "no <model>",
+            None,
+        );
+        assert_eq!(kind, "text/html; charset=utf-8");
+        assert_eq!(
+            String::from_utf8(body).expect("utf-8"),
+            "<html><body><h1>swapd</h1><p>no &lt;model&gt;</p></body></html>"
+        );
+        for accept in [
+            "",
+            "*/*",
+            "application/json",
+            "application/json, text/plain, */*",
+        ] {
+            let (kind, body) = error_variant(accept, 404, "x", None);
+            assert_eq!(kind, "application/json", "{accept}");
+            assert_eq!(body, error_body(404, "x", None));
+        }
+    }
 
     #[test]
     fn error_envelope_has_openai_shape() {

@@ -630,3 +630,39 @@ fn config_dir_merges_files_and_reloads_the_whole_set() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("is inside the config directory"));
 }
+
+#[test]
+fn errors_follow_the_accept_header() {
+    let daemon = Daemon::start(&simple_config(&["a"], "", ""));
+    let body = chat("nope").to_string();
+    let ask = |accept: &str| {
+        post_with_headers(
+            &daemon.url("/v1/chat/completions"),
+            &[("Content-Type", "application/json"), ("Accept", accept)],
+            body.as_bytes(),
+        )
+    };
+    let plain = ask("text/plain");
+    assert_eq!(plain.status, 404);
+    assert_eq!(plain.body, "swapd: could not find model 'nope'");
+    assert!(plain
+        .header("Content-Type")
+        .is_some_and(|t| t.starts_with("text/plain")));
+    let html = ask("text/html,application/xhtml+xml");
+    assert_eq!(html.status, 404);
+    assert_eq!(
+        html.body,
+        "<html><body><h1>swapd</h1><p>could not find model &#39;nope&#39;</p></body></html>"
+    );
+    let json = ask("application/json");
+    assert_eq!(json.status, 404);
+    assert_eq!(
+        json.json()["error"]["message"],
+        "could not find model 'nope'"
+    );
+    // Without an Accept header the JSON envelope stays the default.
+    let reply = post_json(&daemon.url("/v1/chat/completions"), &chat("nope"));
+    assert_eq!(reply.json()["error"]["code"], "model_not_found");
+    // The model still serves normally.
+    assert_eq!(served(&daemon, "a").0, "a");
+}
