@@ -794,6 +794,44 @@ fn example_config_loads_without_warnings() {
     }
 }
 
+#[test]
+fn example_configs_show_every_routing_feature() {
+    let environment = |name: &str| match name {
+        "HOME" => Some("/home/swapd".to_string()),
+        _ => None,
+    };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.yaml");
+    let text = std::fs::read_to_string(&path).expect("config/example.yaml exists");
+    let config = parse(&text, &path, &environment)
+        .unwrap_or_else(|error| panic!("{error}"))
+        .config;
+    let strategies: Vec<&str> = config
+        .selectors
+        .values()
+        .map(|selector| selector.strategy.as_str())
+        .collect();
+    assert_eq!(strategies, vec!["warm", "spillover", "pin"]);
+    assert_eq!(
+        config.profiles["big"].pins["qwen"].as_deref(),
+        Some("llama-large")
+    );
+    assert_eq!(config.profiles["big"].pins["qwen-small-creative"], None);
+
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example-matrix.yaml");
+    let text = std::fs::read_to_string(&path).expect("config/example-matrix.yaml exists");
+    let loaded = parse(&text, &path, &environment).unwrap_or_else(|error| panic!("{error}"));
+    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
+    let matrix = loaded.config.matrix.expect("the matrix router is configured");
+    let names: Vec<&str> = matrix.sets.iter().map(|set| set.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec!["chat-with-vision", "everything-small", "embed-only"],
+        "definition order is kept"
+    );
+    assert_eq!(matrix.cost_of("gemma"), 50);
+    assert!(loaded.config.groups.is_empty());
+}
+
 /// Each case: YAML text, expected key path, a fragment of the message, expected line.
 const INVALID: &[(&str, &str, &str, Option<usize>)] = &[
     (
