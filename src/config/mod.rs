@@ -452,6 +452,22 @@ impl Config {
         if !self.preload.is_empty() {
             let _ = writeln!(out, "preload: {}", self.preload.join(", "));
         }
+        if let Some(matrix) = &self.matrix {
+            let names: Vec<&str> = matrix.sets.iter().map(|set| set.name.as_str()).collect();
+            let _ = writeln!(out, "router: matrix, sets in order: {}", names.join(", "));
+        }
+        for selector in self.selectors.values() {
+            let _ = writeln!(
+                out,
+                "selector {}: {} → {}",
+                selector.id,
+                selector.strategy.as_str(),
+                selector.targets.join(", ")
+            );
+        }
+        for profile in self.profiles.values() {
+            let _ = writeln!(out, "profile {}: {} pin(s)", profile.id, profile.pins.len());
+        }
         for model in self.models.values() {
             let _ = writeln!(out);
             let _ = writeln!(out, "model {}", model.id);

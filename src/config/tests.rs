@@ -821,7 +821,10 @@ fn example_configs_show_every_routing_feature() {
     let text = std::fs::read_to_string(&path).expect("config/example-matrix.yaml exists");
     let loaded = parse(&text, &path, &environment).unwrap_or_else(|error| panic!("{error}"));
     assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
-    let matrix = loaded.config.matrix.expect("the matrix router is configured");
+    let matrix = loaded
+        .config
+        .matrix
+        .expect("the matrix router is configured");
     let names: Vec<&str> = matrix.sets.iter().map(|set| set.name.as_str()).collect();
     assert_eq!(
         names,

@@ -1174,6 +1174,9 @@ fn register_aliases(
     Ok(aliases)
 }
 
+/// Where the matrix settings were found: the mapping and its key path.
+type MatrixSource<'m> = (&'m Mapping, KeyPath);
+
 /// Reads `groups` (legacy) or `routing.router.settings.groups`, validates membership and adds
 /// the implicit `(default)` group holding every ungrouped model.
 fn build_groups<'m>(
@@ -1181,7 +1184,7 @@ fn build_groups<'m>(
     models: &BTreeMap<String, ModelConfig>,
     aliases: &BTreeMap<String, String>,
     reporter: &mut Reporter<'_>,
-) -> Result<(Vec<GroupConfig>, Option<(&'m Mapping, KeyPath)>), ConfigError> {
+) -> Result<(Vec<GroupConfig>, Option<MatrixSource<'m>>), ConfigError> {
     let mut router_groups: Option<(&Mapping, KeyPath)> = None;
     let mut router_matrix: Option<(&Mapping, KeyPath)> = None;
     let mut use_matrix = false;

@@ -243,7 +243,7 @@ pub fn list_records(
     let running = |id: &str| {
         statuses
             .iter()
-            .any(|s| &s.model == id && matches!(s.phase, Phase::Ready | Phase::Starting))
+            .any(|s| s.model == id && matches!(s.phase, Phase::Ready | Phase::Starting))
     };
     for selector in config.selectors.values() {
         if selector.unlisted {
