@@ -666,3 +666,56 @@ fn errors_follow_the_accept_header() {
     // The model still serves normally.
     assert_eq!(served(&daemon, "a").0, "a");
 }
+
+#[test]
+fn warm_joins_a_starting_target_and_spillover_refuses_when_all_are_stopping() {
+    let port = free_port_range(3);
+    let config = [
+        format!("startPort: {port}\nhealthCheckTimeout: 15\nmodels:\n"),
+        "  a:\n    cmd: {FAKE} --port ${PORT} --model a --pid-file {DIR}/a.pid\n".to_string(),
+        "  slow:\n    cmd: {FAKE} --port ${PORT} --model slow --startup-delay-ms 1500 --pid-file {DIR}/slow.pid\n".to_string(),
+        "  stubborn:\n    cmd: {FAKE} --port ${PORT} --model stubborn --ignore-sigterm --pid-file {DIR}/stubborn.pid\n    unloadTimeout: 3\n".to_string(),
+        "selectors:\n  warmest:\n    strategy: warm\n    targets: [a, slow]\n  solo:\n    strategy: spillover\n    targets: [stubborn]\n".to_string(),
+    ]
+    .concat();
+    let daemon = Daemon::start(&config);
+    // Start `slow` in the background; while it is starting, warm picks it over cold `a`.
+    let url = daemon.url("/v1/chat/completions");
+    let background = std::thread::spawn(move || post_json(&url, &chat("slow")));
+    wait_for("slow to be starting", Duration::from_secs(10), || {
+        daemon
+            .running_states()
+            .contains(&("slow".to_string(), "starting".to_string()))
+            .then_some(())
+    });
+    assert_eq!(served(&daemon, "warmest").0, "slow");
+    assert_eq!(background.join().expect("join").status, 200);
+    assert!(daemon.pid_of("a").is_none(), "a was never started");
+
+    // spillover: the only target is stopping (it ignores SIGTERM), so nothing is available.
+    let (model, pid) = served(&daemon, "solo");
+    assert_eq!(model, "stubborn");
+    let unload_url = daemon.url("/api/models/unload/stubborn");
+    let unloading = std::thread::spawn(move || post_raw(&unload_url, "application/json", b""));
+    wait_for("stubborn to be stopping", Duration::from_secs(10), || {
+        daemon
+            .running_states()
+            .contains(&("stubborn".to_string(), "stopping".to_string()))
+            .then_some(())
+    });
+    let reply = post_json(&daemon.url("/v1/chat/completions"), &chat("solo"));
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert!(
+        reply
+            .body
+            .contains("selector 'solo' has no target available"),
+        "{}",
+        reply.body
+    );
+    assert_eq!(unloading.join().expect("join").status, 200);
+    wait_gone(pid);
+    // Once stopped it is cold again: spillover starts it.
+    let (model, new_pid) = served(&daemon, "solo");
+    assert_eq!(model, "stubborn");
+    assert_ne!(new_pid, pid);
+}
