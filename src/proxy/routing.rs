@@ -187,8 +187,8 @@ pub fn choose(
     }
 }
 
-/// Resolves selector `selector` to a target model id, counting the request against it until
-/// the returned lease is dropped.
+/// Resolves selector `selector` to one of its targets (as written: a model id or alias),
+/// counting the request against that model until the returned lease is dropped.
 pub fn select(
     state: &RoutingState,
     selector: &SelectorConfig,
@@ -222,8 +222,9 @@ pub fn select(
     entry.next = entry.next.wrapping_add(1);
     let target = selector.resolved[index].clone();
     *entry.inflight.entry(target.clone()).or_insert(0) += 1;
+    // The request names the target as the selector lists it (an alias keeps its filters).
     Ok((
-        target.clone(),
+        selector.targets[index].clone(),
         SelectorLease {
             spill: state.spill.clone(),
             selector: selector.id.clone(),
