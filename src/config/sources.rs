@@ -81,6 +81,11 @@ impl Sources {
                     )));
                 }
             }
+            if found.is_empty() && self.file.is_none() {
+                return Err(fail(
+                    "the config directory has no *.yml or *.yaml files".to_string(),
+                ));
+            }
             files.extend(found);
         }
         Ok(files)
