@@ -9,6 +9,6 @@ mod ops;
 mod proxy;
 mod reload;
 mod robustness;
-mod security;
 mod routing;
+mod security;
 mod supervisor;
