@@ -7,6 +7,7 @@ LISTEN ?= 127.0.0.1:8080
 
 .PHONY: build release run run-fake test test-unit test-e2e e2e-deps lint fmt fmt-check bench bench-real soak clean
 .PHONY: install install-files deb test-ops test-package test-prometheus
+.PHONY: bench-scale
 
 build:
 	$(CARGO) build --bins
@@ -62,6 +63,11 @@ bench:
 	$(CARGO) bench --bench ollama
 	$(CARGO) bench --bench matrix
 	$(CARGO) bench --bench proxy
+
+# N idle connections and N concurrent streams for N = 100 … 10,000 (SWAPD_SCALE_N=100,1000
+# for fewer); raises its own descriptor limit.
+bench-scale:
+	$(CARGO) bench --bench scale
 
 # Throughput through swapd versus direct with a real llama-server (needs the e2e install).
 bench-real: release

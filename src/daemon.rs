@@ -232,16 +232,9 @@ pub fn run(options: Options) -> Result<(), String> {
         local_addr,
         reload_tx.clone(),
     ));
-    app.guard.start(local_addr, config.limits.header_timeout);
+    app.guard.start(config.limits.header_timeout);
     spawn_memory_trimmer(app.clone());
-    let mut server = Some(
-        tiny_http::Server::from_listener_with_handler(
-            server_listener,
-            proxy::handler(app.clone()),
-            proxy::CONNECTION_STACK,
-        )
-        .map_err(|e| format!("cannot start the HTTP server: {e}"))?,
-    );
+    let mut server = Some(proxy::serve(&app, server_listener)?);
     for warning in proxy::origin::exposure_warnings(&config, local_addr) {
         log::warn!("{warning}");
     }

@@ -4,11 +4,10 @@
 //! end, so streamed responses (SSE, `/logs/stream`) would arrive all at once. Every response
 //! swapd sends therefore goes through [`ResponseWriter`]: it writes the status line and headers
 //! itself and flushes after every chunk. This module also owns the OpenAI-style error envelope
-//! and the socket helpers that tiny_http does not offer (finding a request's connection to notice
-//! a vanished client, and shutting a connection down when a stream must end with an error).
+//! and the TCP state queries on a client connection's handle (`TCP_INFO`: did the client leave,
+//! when did it last send data).
 
 use std::io::{self, Write};
-use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 /// Chunks up to this size are framed inside the connection's write buffer (see `write_chunk`).
@@ -288,80 +287,6 @@ pub fn send_text(request: tiny_http::Request, status: u16, text: &str) {
     );
 }
 
-/// Finds the file descriptor of the accepted socket whose local and peer addresses match.
-///
-/// tiny_http does not expose a request's socket, but swapd needs it in rare situations: to
-/// notice that a client waiting for a model start has gone away, and to cut a connection whose
-/// streamed body must end with an error. Scanning our own descriptors is cheap enough for those
-/// paths and never used per request.
-pub fn find_connection_fd(local: SocketAddr, peer: SocketAddr) -> Option<RawFd> {
-    client_sockets(local)
-        .into_iter()
-        .find(|&(_, found)| found == peer)
-        .map(|(fd, _)| fd)
-}
-
-/// Our accepted TCP sockets: descriptors whose local address is `local`'s and that have a
-/// peer, read from `/proc/self/fd`.
-pub fn client_sockets(local: SocketAddr) -> Vec<(RawFd, SocketAddr)> {
-    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<RawFd>().ok())
-        .filter_map(|fd| Some((fd, peer_of(fd, local)?)))
-        .collect()
-}
-
-/// Whether `fd` is (still) the TCP socket between `local` and `peer`.
-pub fn socket_matches(fd: RawFd, local: SocketAddr, peer: SocketAddr) -> bool {
-    peer_of(fd, local) == Some(peer)
-}
-
-/// The peer of `fd` if it is a connected socket accepted on `local`'s port.
-pub fn peer_of(fd: RawFd, local: SocketAddr) -> Option<SocketAddr> {
-    let own = socket_address(fd, libc::getsockname)?;
-    if own.port() != local.port() || !(local.ip().is_unspecified() || own.ip() == local.ip()) {
-        return None;
-    }
-    socket_address(fd, libc::getpeername)
-}
-
-type AddressQuery =
-    unsafe extern "C" fn(libc::c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> libc::c_int;
-
-fn socket_address(fd: RawFd, query: AddressQuery) -> Option<SocketAddr> {
-    // SAFETY: `storage` is a zeroed sockaddr_storage large enough for any address family and
-    // `length` tells the kernel its size; the call only writes within it. An fd that is not a
-    // socket makes the call fail, which we report as None.
-    unsafe {
-        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
-        let mut length = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        if query(
-            fd,
-            &mut storage as *mut _ as *mut libc::sockaddr,
-            &mut length,
-        ) != 0
-        {
-            return None;
-        }
-        match storage.ss_family as libc::c_int {
-            libc::AF_INET => {
-                let address = &*(&storage as *const _ as *const libc::sockaddr_in);
-                let ip = std::net::Ipv4Addr::from(u32::from_be(address.sin_addr.s_addr));
-                Some(SocketAddr::from((ip, u16::from_be(address.sin_port))))
-            }
-            libc::AF_INET6 => {
-                let address = &*(&storage as *const _ as *const libc::sockaddr_in6);
-                let ip = std::net::Ipv6Addr::from(address.sin6_addr.s6_addr);
-                Some(SocketAddr::from((ip, u16::from_be(address.sin6_port))))
-            }
-            _ => None,
-        }
-    }
-}
-
 /// The kernel's TCP_INFO for a socket.
 pub fn tcp_info(fd: RawFd) -> Option<libc::tcp_info> {
     // SAFETY: getsockopt writes at most `length` bytes into a zeroed tcp_info.
@@ -384,16 +309,6 @@ pub fn tcp_info(fd: RawFd) -> Option<libc::tcp_info> {
 pub fn peer_has_closed(fd: RawFd) -> bool {
     const TCP_ESTABLISHED: u8 = 1;
     tcp_info(fd).is_none_or(|info| info.tcpi_state != TCP_ESTABLISHED)
-}
-
-/// Shuts a connection down in both directions so the client sees the stream end at once,
-/// even though tiny_http still holds the socket open for its next request.
-pub fn shutdown_socket(fd: RawFd) {
-    // SAFETY: shutdown on a descriptor we verified to be the client's socket; an error just
-    // means it is already closed.
-    unsafe {
-        libc::shutdown(fd, libc::SHUT_RDWR);
-    }
 }
 
 /// Compares two byte strings in time that depends only on their lengths.

@@ -160,6 +160,13 @@ fn main() {
             exit(1);
         }
     };
+    // The system's largest accept queue (std asks for 128), so that a burst of thousands of
+    // upstream connections from swapd (the scale benchmark) is not refused or delayed.
+    // SAFETY: listen() on our own listening socket only changes its backlog; the kernel caps
+    // the value at net.core.somaxconn.
+    unsafe {
+        libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), libc::c_int::MAX);
+    }
     // With `--port 0` the kernel picks the port; report the real one.
     let port = listener.local_addr().map_or(opts.port, |a| a.port());
     println!("fake-upstream: listening on 127.0.0.1:{port}");
@@ -565,13 +572,17 @@ fn handle(req: &Request, w: &mut TcpStream, opts: &Opts, started: Instant) -> io
         finish_reason = "tool_calls";
     }
     let n = if finish_reason == "tool_calls" { 0 } else { n };
+    // Events are due at fixed times from the start, like tokens from a model generating at a
+    // steady rate: a late wake-up (a loaded machine) delays one event, not all that follow.
+    let stream_started = Instant::now();
     for i in 0..n {
         if crash_after == Some(i) {
             eprintln!("fake-upstream: simulated crash after {i} chunks");
             exit(4);
         }
         if i > 0 {
-            thread::sleep(interval);
+            let due = stream_started + interval * i as u32;
+            thread::sleep(due.saturating_duration_since(Instant::now()));
         }
         let event = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": opts.model,
                            "choices": [{"index": 0, "delta": {"content": format!("tok{i} ")}}]});

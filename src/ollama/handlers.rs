@@ -432,7 +432,7 @@ fn generation(app: &App, mut request: tiny_http::Request, kind: Kind) {
             translated.ignored_options.join(", ")
         );
     }
-    let client = client_of_request(app, &request);
+    let client = client_of_request(&request);
 
     if translated.load_only {
         return load_or_unload(app, request, &client, &resolved, kind, &translated, started);
@@ -674,7 +674,7 @@ fn stream_ndjson(
     context: &StreamContext,
 ) -> (u16, crate::metrics::TokenUsage, Option<Duration>) {
     let mut lease = Some(lease);
-    let client = client_of_request(app, &request);
+    let client = client_of_request(&request);
     let origin = allow_origin(&request);
     let writer = ResponseWriter::start(
         request,
@@ -793,7 +793,7 @@ fn embed(app: &App, mut request: tiny_http::Request, legacy: bool) {
     if !parsed.truncate {
         log::debug!("{path}: truncate=false is not enforced; the upstream decides");
     }
-    let client = client_of_request(app, &request);
+    let client = client_of_request(&request);
     let empty = || {
         if legacy {
             json!({ "embedding": [] })

@@ -112,60 +112,69 @@ impl App {
     }
 }
 
-/// The client end of one request: enough to notice it left, or to cut it.
+/// The client end of one request: enough to notice it left, or to cut it. It holds the
+/// connection's own handle (from the vendored tiny_http), so both are O(1) and can never act on
+/// another socket that happens to reuse a descriptor number.
 pub struct ClientSocket {
-    local: SocketAddr,
-    peer: Option<SocketAddr>,
-    fd: std::cell::Cell<Option<RawFd>>,
+    socket: Option<tiny_http::ConnectionHandle>,
 }
 
 impl ClientSocket {
-    fn fd(&self) -> Option<RawFd> {
-        let peer = self.peer?;
-        if let Some(fd) = self.fd.get() {
-            if crate::http::socket_matches(fd, self.local, peer) {
-                return Some(fd);
-            }
-        }
-        let fd = crate::http::find_connection_fd(self.local, peer);
-        self.fd.set(fd);
-        fd
-    }
-
     /// Whether the client has closed its connection (checked without consuming data).
     pub fn is_gone(&self) -> bool {
-        match self.fd() {
-            Some(fd) => crate::http::peer_has_closed(fd),
-            // The socket is no longer ours: the connection is closed.
-            None => self.peer.is_some(),
-        }
+        self.socket
+            .as_ref()
+            .is_some_and(|socket| crate::http::peer_has_closed(socket.as_raw_fd()))
     }
 
     /// Shuts the connection down so the client sees the response end abnormally.
     pub fn cut(&self) {
-        if let Some(fd) = self.fd() {
-            crate::http::shutdown_socket(fd);
+        if let Some(socket) = &self.socket {
+            // An error means the connection is already closed.
+            let _ = socket.shutdown(std::net::Shutdown::Both);
         }
     }
 }
 
-/// Binds the listening socket with no Nagle delay, which every accepted connection inherits
-/// on Linux. Idle and slow clients are handled by [`guard::ConnectionGuard`], not by a socket
-/// read timeout (see there why).
+/// Binds the listening socket and prepares it with [`prepare_listener`].
 pub fn bind(address: &str) -> std::io::Result<TcpListener> {
     let listener = TcpListener::bind(address)?;
+    prepare_listener(&listener)?;
+    Ok(listener)
+}
+
+/// Readies a listening socket, however it was made (bound here or inherited), for serving:
+/// no Nagle delay, which every accepted connection inherits on Linux, and the system's largest
+/// accept queue, so that a burst of thousands of connects is neither refused nor left waiting
+/// for a SYN retry (std's `TcpListener::bind` asks for 128). Idle and slow clients are handled
+/// by [`guard::ConnectionGuard`], not by a socket read timeout (see there why).
+pub fn prepare_listener(listener: &TcpListener) -> std::io::Result<()> {
+    let fd = listener.as_raw_fd();
     let one: libc::c_int = 1;
-    // SAFETY: setsockopt on a socket we own with a correctly sized option value.
+    // SAFETY: setsockopt on a socket we own with a correctly sized option value, and listen()
+    // on a socket that is already listening, which only changes its backlog. The kernel caps
+    // the backlog at net.core.somaxconn, the system's maximum.
     unsafe {
         libc::setsockopt(
-            listener.as_raw_fd(),
+            fd,
             libc::IPPROTO_TCP,
             libc::TCP_NODELAY,
             &one as *const _ as *const libc::c_void,
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
+        if libc::listen(fd, libc::c_int::MAX) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
     }
-    Ok(listener)
+    Ok(())
+}
+
+/// Serves `listener` (prepared with [`prepare_listener`]) with swapd's handler: tiny_http's
+/// accept thread hands each connection to its own thread, which registers it with the
+/// connection guard and runs [`handler`]'s requests.
+pub fn serve(app: &Arc<App>, listener: TcpListener) -> Result<tiny_http::Server, String> {
+    tiny_http::Server::from_listener_with_handler(listener, handler(app.clone()), CONNECTION_STACK)
+        .map_err(|e| format!("cannot start the HTTP server: {e}"))
 }
 
 /// Stack size of the connection threads that run the handlers. Only the pages a thread touches
@@ -176,14 +185,31 @@ pub fn bind(address: &str) -> std::io::Result<TcpListener> {
 /// recursion (depth limit 128).
 pub const CONNECTION_STACK: usize = 1024 * 1024;
 
-/// The function tiny_http calls for every request, on the thread that reads the request's
-/// connection (one thread per connection, no queue between reading and handling).
-pub fn handler(app: Arc<App>) -> tiny_http::Handler {
-    Arc::new(move |request| handle_one(&app, request))
+/// What tiny_http runs on each connection's thread: registration with the connection guard
+/// when the connection opens, then swapd's handler for every request read on it (one thread
+/// per connection, no queue between reading and handling).
+pub struct Handler {
+    app: Arc<App>,
 }
 
-fn handle_one(app: &App, request: tiny_http::Request) {
-    let marked = app.guard.begin(request.remote_addr().copied());
+impl tiny_http::Handler for Handler {
+    type Connection = guard::Registration;
+
+    fn connected(&self, socket: Option<&tiny_http::ConnectionHandle>) -> guard::Registration {
+        self.app.guard.register(socket)
+    }
+
+    fn handle(&self, connection: &mut guard::Registration, request: tiny_http::Request) {
+        handle_one(&self.app, connection, request)
+    }
+}
+
+pub fn handler(app: Arc<App>) -> Arc<Handler> {
+    Arc::new(Handler { app })
+}
+
+fn handle_one(app: &App, connection: &guard::Registration, request: tiny_http::Request) {
+    let marked = connection.begin();
     let active = app.active.fetch_add(1, Ordering::SeqCst) + 1;
     let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         routes::handle(app, request, active)
@@ -229,7 +255,7 @@ pub(crate) fn read_body(
     if request.body_length().is_some_and(|length| length > limit) {
         return Err(true);
     }
-    let _reading = app.guard.reading_body(request.remote_addr().copied());
+    let _reading = app.guard.reading_body(request.connection());
     let declared = request.body_length();
     let chunked = request
         .headers()
@@ -244,17 +270,15 @@ pub(crate) fn read_body(
         Ok(_) if body.len() > limit => Err(true),
         // tiny_http reports a body cut short by the client as a normal end.
         Ok(_) if declared.is_some_and(|length| body.len() < length) => Err(false),
-        Ok(_) if chunked && client_of_request(app, request).is_gone() => Err(false),
+        Ok(_) if chunked && client_of_request(request).is_gone() => Err(false),
         Ok(_) => Ok(body),
         Err(_) => Err(false),
     }
 }
 
 /// The client socket of a request (for the rare checks that need it).
-pub(crate) fn client_of_request(app: &App, request: &tiny_http::Request) -> ClientSocket {
+pub(crate) fn client_of_request(request: &tiny_http::Request) -> ClientSocket {
     ClientSocket {
-        local: app.local_addr,
-        peer: request.remote_addr().copied(),
-        fd: std::cell::Cell::new(None),
+        socket: request.connection().cloned(),
     }
 }

@@ -431,7 +431,7 @@ fn proxy_to(
     loading_state: bool,
 ) {
     let started = Instant::now();
-    let client = client_of_request(app, &request);
+    let client = client_of_request(&request);
     if let Some(lease) = app.supervisor.try_lease(model_id) {
         let outcome = forward::forward(app, Destination::Fresh(request), &client, lease, &outgoing);
         return finished(app, model_id, &outgoing, started, outcome);
@@ -838,7 +838,7 @@ fn log_stream(app: &App, request: tiny_http::Request, path: &str, query: &str) {
     } else {
         buffer.subscribe()
     };
-    let client = client_of_request(app, &request);
+    let client = client_of_request(&request);
     let Ok(mut writer) = ResponseWriter::start(
         request,
         200,
@@ -931,7 +931,7 @@ fn event_frame(kind: &str, data: &Value) -> Vec<u8> {
 /// `GET /api/events`: model states, log data and new request rows as server-sent events, in
 /// llama-swap's message format so its clients can follow swapd.
 fn events(app: &App, request: tiny_http::Request) {
-    let client = client_of_request(app, &request);
+    let client = client_of_request(&request);
     let (proxy_history, proxy_logs) = app.logs.proxy.subscribe();
     let (upstream_history, upstream_logs) = app.logs.upstream.subscribe();
     let rows = app.metrics.subscribe_rows();

@@ -10,5 +10,6 @@ mod proxy;
 mod reload;
 mod robustness;
 mod routing;
+mod scale;
 mod security;
 mod supervisor;

@@ -34,6 +34,9 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    // swapd: the handle each request of this connection exposes (`Request::connection`).
+    handle: Option<crate::ConnectionHandle>,
 }
 
 /// Error that can happen when reading a request.
@@ -54,6 +57,7 @@ impl ClientConnection {
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
+        let handle = read_socket.handle();
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(8 * 1024, read_socket));
         let first_header = source.next().unwrap();
@@ -65,12 +69,18 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            handle,
         }
     }
 
     /// true if the connection is HTTPS
     pub fn secure(&self) -> bool {
         self.secure
+    }
+
+    /// swapd: the connection's handle (`None` over SSL).
+    pub fn handle(&self) -> Option<&crate::ConnectionHandle> {
+        self.handle.as_ref()
     }
 
     /// Reads the next line from self.next_header_source.
@@ -179,6 +189,7 @@ impl ClientConnection {
             *self.remote_addr.as_ref().unwrap(),
             data_source,
             writer,
+            self.handle.clone(),
         )
         .map_err(|e| {
             use crate::request;

@@ -77,6 +77,131 @@ impl std::io::Write for Connection {
         }
     }
 }
+// swapd: reads and writes through a shared reference, so that the read and write halves of a
+// connection (and the handle given to the application) share one descriptor instead of each
+// holding a `dup` of it.
+impl std::io::Read for &Connection {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match *self {
+            Connection::Tcp(s) => (&*s).read(buf),
+            #[cfg(unix)]
+            Connection::Unix(s) => (&*s).read(buf),
+        }
+    }
+}
+impl std::io::Write for &Connection {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match *self {
+            Connection::Tcp(s) => (&*s).write(buf),
+            #[cfg(unix)]
+            Connection::Unix(s) => (&*s).write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match *self {
+            Connection::Tcp(s) => (&*s).flush(),
+            #[cfg(unix)]
+            Connection::Unix(s) => (&*s).flush(),
+        }
+    }
+}
+
+/// swapd: one accepted client connection, shared by its reader, its writer and every
+/// [`ConnectionHandle`]. The descriptor is closed when the last of them is dropped, so a handle
+/// can never name a recycled descriptor.
+pub(crate) struct Socket {
+    pub(crate) connection: Connection,
+    pub(crate) peer: Option<SocketAddr>,
+    pub(crate) id: u64,
+    /// The application's own per-connection state (`ConnectionHandle::attach`).
+    pub(crate) attachment: std::sync::OnceLock<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+impl Socket {
+    pub(crate) fn new(connection: Connection, peer: Option<SocketAddr>, id: u64) -> Socket {
+        Socket {
+            connection,
+            peer,
+            id,
+            attachment: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Socket")
+            .field("connection", &self.connection)
+            .field("peer", &self.peer)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+/// swapd: a handle to the connection a request arrived on, owned by whoever holds it.
+///
+/// It lets the application notice that a client left and cut a connection in O(1), without
+/// searching the process's descriptors. It keeps the socket open (not the connection: the
+/// server still closes both directions when it is done with it) for as long as it lives.
+#[derive(Clone, Debug)]
+pub struct ConnectionHandle {
+    socket: std::sync::Arc<Socket>,
+}
+
+impl ConnectionHandle {
+    pub(crate) fn new(socket: std::sync::Arc<Socket>) -> ConnectionHandle {
+        ConnectionHandle { socket }
+    }
+
+    /// A number unique to this connection among those the process accepted.
+    pub fn id(&self) -> u64 {
+        self.socket.id
+    }
+
+    /// The client's address (`None` for a Unix socket).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.socket.peer
+    }
+
+    /// The TCP socket, for socket options and `TCP_INFO` (`None` for a Unix socket).
+    pub fn tcp_stream(&self) -> Option<&TcpStream> {
+        match &self.socket.connection {
+            Connection::Tcp(stream) => Some(stream),
+            #[cfg(unix)]
+            Connection::Unix(_) => None,
+        }
+    }
+
+    /// Shuts the connection down (the server's pending reads and writes on it fail).
+    pub fn shutdown(&self, how: Shutdown) -> std::io::Result<()> {
+        self.socket.connection.shutdown(how)
+    }
+
+    /// Attaches the application's per-connection state, once; `false` if something was
+    /// attached already. It lives as long as the connection's socket, so it must not hold a
+    /// `ConnectionHandle` of its own (that would keep the socket open for good).
+    pub fn attach(&self, value: std::sync::Arc<dyn std::any::Any + Send + Sync>) -> bool {
+        self.socket.attachment.set(value).is_ok()
+    }
+
+    /// The state attached with [`ConnectionHandle::attach`], if it is a `T`.
+    pub fn attachment<T: std::any::Any + Send + Sync>(&self) -> Option<std::sync::Arc<T>> {
+        self.socket.attachment.get()?.clone().downcast::<T>().ok()
+    }
+}
+
+#[cfg(unix)]
+impl std::os::fd::AsRawFd for ConnectionHandle {
+    /// The descriptor, valid for as long as this handle lives.
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match &self.socket.connection {
+            Connection::Tcp(stream) => stream.as_raw_fd(),
+            Connection::Unix(stream) => stream.as_raw_fd(),
+        }
+    }
+}
+
 impl Connection {
     /// Gets the peer's address. Some for TCP, None for Unix sockets.
     pub(crate) fn peer_addr(&mut self) -> std::io::Result<Option<SocketAddr>> {

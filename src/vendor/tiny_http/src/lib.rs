@@ -116,7 +116,7 @@ use connection::Connection;
 use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
-pub use connection::{ConfigListenAddr, ListenAddr, Listener};
+pub use connection::{ConfigListenAddr, ConnectionHandle, ListenAddr, Listener};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
@@ -147,12 +147,52 @@ pub struct Server {
     listening_addr: ListenAddr,
 }
 
-/// swapd: a request handler for [`Server::from_listener_with_handler`].
-pub type Handler = Arc<dyn Fn(Request) + Send + Sync + 'static>;
+/// swapd: what a server built with [`Server::from_listener_with_handler`] runs, on each
+/// connection's own thread.
+pub trait Handler: Send + Sync + 'static {
+    /// What the handler keeps per connection; dropped when the connection ends.
+    type Connection;
+
+    /// Called on the connection's thread before its first request is read.
+    fn connected(&self, connection: Option<&ConnectionHandle>) -> Self::Connection;
+
+    /// Called for each request of the connection, one at a time, on its thread. The next
+    /// request is read when this returns.
+    fn handle(&self, connection: &mut Self::Connection, request: Request);
+}
+
+/// swapd: numbers the accepted connections (`ConnectionHandle::id`).
+static NEXT_CONNECTION_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 enum Message {
     Error(IoError),
     NewRequest(Request),
+}
+
+/// swapd: accept() errors after which the listener still works: out of descriptors or
+/// memory, a connection reset before it was accepted, a signal.
+fn accept_error_is_transient(error: &IoError) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOBUFS
+                | libc::ENOMEM
+                | libc::ECONNABORTED
+                | libc::EINTR
+                | libc::EPROTO
+        )
+    )
+}
+
+/// The handler of a server that queues requests for `recv()` (never called).
+struct NoHandler;
+
+impl Handler for NoHandler {
+    type Connection = ();
+    fn connected(&self, _: Option<&ConnectionHandle>) {}
+    fn handle(&self, _: &mut (), _: Request) {}
 }
 
 impl From<IoError> for Message {
@@ -251,7 +291,7 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        Self::from_listener_inner(listener.into(), ssl_config, None, None)
+        Self::from_listener_inner(listener.into(), ssl_config, None::<Arc<NoHandler>>, None)
     }
 
     /// swapd: like `from_listener`, but every request is passed to `handler` on the thread
@@ -259,18 +299,21 @@ impl Server {
     /// saves a thread hand-off per request, and each connection needs one thread, not two.
     /// Connection threads get `stack_size` bytes of stack. `recv()` never returns requests
     /// from a server built this way.
-    pub fn from_listener_with_handler<L: Into<Listener>>(
+    ///
+    /// The accept thread does nothing per connection but hand the accepted socket to a pool
+    /// thread; buffers and the handler's per-connection state are set up on that thread.
+    pub fn from_listener_with_handler<L: Into<Listener>, H: Handler>(
         listener: L,
-        handler: Handler,
+        handler: Arc<H>,
         stack_size: usize,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         Self::from_listener_inner(listener.into(), None, Some(handler), Some(stack_size))
     }
 
-    fn from_listener_inner(
+    fn from_listener_inner<H: Handler>(
         listener: Listener,
         ssl_config: Option<SslConfig>,
-        handler: Option<Handler>,
+        handler: Option<Arc<H>>,
         stack_size: Option<usize>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         // building the "close" variable
@@ -320,66 +363,77 @@ impl Server {
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
-                let new_client = match server.accept() {
-                    Ok((sock, _)) => {
-                        use util::RefinedTcpStream;
-                        let (read_closable, write_closable) = match ssl {
-                            None => RefinedTcpStream::new(sock),
-                            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                            Some(ref ssl) => {
-                                // trying to apply SSL over the connection
-                                // if an error occurs, we just close the socket and resume listening
-                                let sock = match ssl.accept(sock) {
-                                    Ok(s) => s,
-                                    Err(_) => continue,
-                                };
-
-                                RefinedTcpStream::new(sock)
-                            }
-                            #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                            Some(ref _ssl) => unreachable!(),
-                        };
-
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                // swapd: the accept thread only wraps the socket and hands it to a pool thread;
+                // the connection's buffers (and SSL, when enabled) are set up on that thread.
+                let (connection, peer) = match server.accept() {
+                    Ok(accepted) => accepted,
+                    // swapd: running out of descriptors (or memory) used to end the accept
+                    // thread for good. The connection stays in the accept queue instead, and is
+                    // accepted once a descriptor is free again; a client that gave up meanwhile
+                    // (ECONNABORTED) is skipped.
+                    Err(e) if accept_error_is_transient(&e) => {
+                        if e.raw_os_error() != Some(libc::ECONNABORTED) {
+                            log::warn!("cannot accept a connection yet: {}", e);
+                            thread::sleep(Duration::from_millis(10));
+                        }
+                        continue;
                     }
-                    Err(e) => Err(e),
-                };
-
-                match new_client {
-                    Ok(client) => {
-                        let messages = inside_messages.clone();
-                        let mut client = Some(client);
-                        let handler = handler.clone();
-                        tasks_pool.spawn(Box::new(move || {
-                            if let (Some(client), Some(handler)) = (client.take(), &handler) {
-                                // swapd: the request is handled on this thread, and the next
-                                // one is read when the handler has returned.
-                                for rq in client {
-                                    handler(rq);
-                                }
-                            } else if let Some(client) = client.take() {
-                                // Synchronization is needed for HTTPS requests to avoid a deadlock
-                                if client.secure() {
-                                    let (sender, receiver) = mpsc::channel();
-                                    for rq in client {
-                                        messages.push(rq.with_notify_sender(sender.clone()).into());
-                                        receiver.recv().unwrap();
-                                    }
-                                } else {
-                                    for rq in client {
-                                        messages.push(rq.into());
-                                    }
-                                }
-                            }
-                        }));
-                    }
-
                     Err(e) => {
                         log::error!("Error accepting new client: {}", e);
                         inside_messages.push(e.into());
                         break;
                     }
-                }
+                };
+                let messages = inside_messages.clone();
+                let handler = handler.clone();
+                #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+                let ssl = ssl.clone();
+                let mut accepted = Some((connection, peer));
+                tasks_pool.spawn(Box::new(move || {
+                    let Some((connection, peer)) = accepted.take() else {
+                        return;
+                    };
+                    use util::RefinedTcpStream;
+                    let (read_closable, write_closable) = match ssl {
+                        None => RefinedTcpStream::new(Arc::new(connection::Socket::new(
+                            connection,
+                            peer,
+                            NEXT_CONNECTION_ID.fetch_add(1, Relaxed),
+                        ))),
+                        #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+                        Some(ref ssl) => {
+                            // trying to apply SSL over the connection
+                            // if an error occurs, we just close the socket
+                            match ssl.accept(connection) {
+                                Ok(s) => RefinedTcpStream::new(s),
+                                Err(_) => return,
+                            }
+                        }
+                        #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
+                        Some(ref _ssl) => unreachable!(),
+                    };
+                    let client = ClientConnection::new(write_closable, read_closable);
+                    if let Some(handler) = &handler {
+                        // swapd: the request is handled on this thread, and the next one is
+                        // read when the handler has returned. The handler's per-connection
+                        // state is dropped after the connection's last request.
+                        let mut state = handler.connected(client.handle());
+                        for rq in client {
+                            handler.handle(&mut state, rq);
+                        }
+                    } else if client.secure() {
+                        // Synchronization is needed for HTTPS requests to avoid a deadlock
+                        let (sender, receiver) = mpsc::channel();
+                        for rq in client {
+                            messages.push(rq.with_notify_sender(sender.clone()).into());
+                            receiver.recv().unwrap();
+                        }
+                    } else {
+                        for rq in client {
+                            messages.push(rq.into());
+                        }
+                    }
+                }));
             }
             log::debug!("Terminating accept thread");
         });

@@ -74,6 +74,9 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    // swapd: the connection the request arrived on (`None` for test requests and SSL).
+    connection: Option<crate::ConnectionHandle>,
 }
 
 struct NotifyOnDrop<R> {
@@ -135,6 +138,7 @@ pub fn new_request<R, W>(
     remote_addr: Option<SocketAddr>,
     mut source_data: R,
     writer: W,
+    connection: Option<crate::ConnectionHandle>,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
@@ -241,10 +245,18 @@ where
         body_length: content_length,
         must_send_continue: expects_continue,
         notify_when_responded: None,
+        connection,
     })
 }
 
 impl Request {
+    /// swapd: the connection this request arrived on, to notice that the client left or to
+    /// cut it without searching for its socket (`None` for test requests and SSL).
+    #[inline]
+    pub fn connection(&self) -> Option<&crate::ConnectionHandle> {
+        self.connection.as_ref()
+    }
+
     /// Returns true if the request was made through HTTPS.
     #[inline]
     pub fn secure(&self) -> bool {

@@ -72,11 +72,17 @@ impl TaskPool {
     pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
         let mut queue = self.sharing.todo.lock().unwrap();
 
-        if self.sharing.waiting_tasks.load(Ordering::Acquire) == 0 {
-            self.add_thread(Some(code));
-        } else {
+        // swapd: the original queued the task whenever any thread was waiting, so a burst of
+        // connections queued more tasks than there were idle threads, and the surplus waited
+        // until some other connection closed (a keep-alive or streaming client could hold
+        // them back indefinitely). Both counts change only under this lock, so a task is
+        // queued only for a thread that is idle and not yet claimed.
+        if self.sharing.waiting_tasks.load(Ordering::Acquire) > queue.len() {
             queue.push_back(code);
             self.sharing.condvar.notify_one();
+        } else {
+            drop(queue);
+            self.add_thread(Some(code));
         }
     }
 
