@@ -278,19 +278,7 @@ fn spawn_activated(listener: &TcpListener, config_path: &std::path::Path) -> Chi
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // SAFETY: only dup2 and fcntl, which are async-signal-safe, run between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            if fd == 3 {
-                // dup2 onto itself would keep close-on-exec; clear it instead.
-                let flags = libc::fcntl(3, libc::F_GETFD);
-                libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-            } else if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    pass_as_descriptor_3(&mut command, fd);
     command
         .spawn()
         .expect("start swapd under socket activation")
@@ -467,15 +455,7 @@ fn socket_activation_refuses_a_descriptor_that_is_not_a_listening_tcp_socket() {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // SAFETY: only dup2, which is async-signal-safe, runs between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    pass_as_descriptor_3(&mut command, fd);
     let child = command.spawn().expect("start swapd");
     let mut guard = Stopper {
         child,
@@ -614,4 +594,21 @@ fn the_packaged_config_checks_clean() {
     assert!(output.status.success(), "{stderr}");
     assert!(!stderr.contains("warning"), "{stderr}");
     assert!(String::from_utf8_lossy(&output.stdout).contains("qwen"));
+}
+
+/// Makes `fd` the child's descriptor 3, the first one systemd passes (`SD_LISTEN_FDS_START`).
+fn pass_as_descriptor_3(command: &mut Command, fd: std::os::fd::RawFd) {
+    // SAFETY: only dup2 and fcntl, which are async-signal-safe, run between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if fd == 3 {
+                // dup2 onto itself would keep close-on-exec; clear it instead.
+                let flags = libc::fcntl(3, libc::F_GETFD);
+                libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            } else if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
