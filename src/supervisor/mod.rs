@@ -188,6 +188,9 @@ pub enum Command {
         id: u64,
         model: String,
         reply: Sender<Reply>,
+        /// An explicit load (preload, an API load call): a start it causes or joins is never
+        /// abandoned, even when no request waits for it any more.
+        hold: bool,
     },
     Cancel {
         id: u64,
@@ -321,13 +324,28 @@ impl Supervisor {
 
     /// Asks for `model` (a configured id, aliases already resolved). The first reply arrives
     /// at once: `Granted` on the fast path, `Failed` when not admitted, else `Queued`.
+    ///
+    /// This is a client's request: if every request waiting for a start is withdrawn, the start
+    /// is abandoned (see [`abandon_start`]).
     pub fn request(&self, model: &str) -> Ticket {
+        self.send_request(model, false)
+    }
+
+    /// Like [`Supervisor::request`], for an explicit load (`hooks.on_startup.preload`, an API
+    /// call that loads a model): the start it causes or joins is kept even when every client
+    /// waiting for it leaves.
+    pub fn request_load(&self, model: &str) -> Ticket {
+        self.send_request(model, true)
+    }
+
+    fn send_request(&self, model: &str, hold: bool) -> Ticket {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, rx) = crossbeam_channel::bounded(2);
         let _ = self.tx.send(Command::Acquire {
             id,
             model: model.to_string(),
             reply,
+            hold,
         });
         Ticket {
             id,
@@ -337,9 +355,10 @@ impl Supervisor {
         }
     }
 
-    /// Blocks until the model is granted or fails (no client to watch: preload, tests).
+    /// Blocks until the model is granted or fails (no client to watch: preload, tests). This
+    /// is an explicit load: the start is never abandoned.
     pub fn acquire_blocking(&self, model: &str) -> Result<Lease, AcquireError> {
-        let mut ticket = self.request(model);
+        let mut ticket = self.request_load(model);
         loop {
             match ticket.wait(Duration::from_secs(3600)) {
                 Some(Reply::Granted(lease)) => return Ok(lease),
@@ -413,6 +432,7 @@ struct Pending {
     id: u64,
     model: String,
     reply: Sender<Reply>,
+    hold: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -423,6 +443,8 @@ enum StopReason {
     StartFailed,
     Shutdown,
     Reload,
+    /// Every request waiting for the start was withdrawn and no explicit load holds it.
+    Abandoned,
 }
 
 struct Slot {
@@ -438,6 +460,9 @@ struct Slot {
     kill_at: Option<Instant>,
     stop_waiters: Vec<Sender<()>>,
     spawned_at: Instant,
+    /// An explicit load (preload, API) caused or joined the current start, so it is kept
+    /// even when no request waits for it. Reset by every new start.
+    start_held: bool,
     /// A reload changed how this model starts: the new settings wait here until the running
     /// process has drained and stopped.
     pending_config: Option<Arc<ModelConfig>>,
@@ -461,6 +486,7 @@ impl Slot {
             kill_at: None,
             stop_waiters: Vec::new(),
             spawned_at: Instant::now(),
+            start_held: false,
             pending_config: None,
             removed: false,
             idle_override: None,
@@ -525,9 +551,6 @@ impl SystemdReport {
         }
     }
 }
-
-/// How long a stop waits for the child after SIGKILL before giving up on it entirely.
-const START_FAILURE_GRACE: Duration = Duration::from_secs(5);
 
 impl State {
     fn new(
@@ -625,13 +648,13 @@ impl State {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Acquire { id, model, reply } => self.on_acquire(id, model, reply),
-            Command::Cancel { id } => {
-                self.queue.retain(|p| p.id != id);
-                for slot in self.slots.values_mut() {
-                    slot.waiters.retain(|w| w.id != id);
-                }
-            }
+            Command::Acquire {
+                id,
+                model,
+                reply,
+                hold,
+            } => self.on_acquire(id, model, reply, hold),
+            Command::Cancel { id } => self.on_cancel(id),
             Command::Release { model } => {
                 // The gate counted the release; this message says the model went idle.
                 if let Some(slot) = self.slots.get_mut(&*model) {
@@ -707,8 +730,8 @@ impl State {
                     let grace = self.slots[&id].config.unload_timeout;
                     self.begin_stop(&id, StopReason::Shutdown, grace);
                 }
-                // A model already stopping for a swap may have a long grace
-                // (healthCheckTimeout); shutdown does not wait longer than unloadTimeout.
+                // A model already stopping keeps its deadline unless a reload has since
+                // shortened its unloadTimeout; shutdown never waits longer than that.
                 let now = Instant::now();
                 for slot in self.slots.values_mut() {
                     if slot.phase == Phase::Stopping {
@@ -720,7 +743,37 @@ impl State {
         }
     }
 
-    fn on_acquire(&mut self, id: u64, model: String, reply: Sender<Reply>) {
+    /// A request was withdrawn (its client left). If it was the last one waiting for a start
+    /// that no explicit load holds, the start is abandoned: nobody wants the model any more,
+    /// and a model left loaded would hold its memory until its TTL, or forever.
+    fn on_cancel(&mut self, id: u64) {
+        self.queue.retain(|p| p.id != id);
+        let mut left: Option<String> = None;
+        for (model, slot) in self.slots.iter_mut() {
+            let before = slot.waiters.len();
+            slot.waiters.retain(|w| w.id != id);
+            if slot.waiters.len() != before {
+                left = Some(model.clone());
+            }
+        }
+        let Some(model) = left else {
+            return;
+        };
+        let slot = &self.slots[&model];
+        let queued = self.queue.iter().filter(|p| p.model == model).count();
+        if abandon_start(
+            slot.phase,
+            slot.waiters.len() + queued,
+            slot.start_held,
+            self.shutting_down,
+        ) {
+            log::info!("{model}: every request waiting for its start left; abandoning the start");
+            let grace = slot.config.unload_timeout;
+            self.begin_stop(&model, StopReason::Abandoned, grace);
+        }
+    }
+
+    fn on_acquire(&mut self, id: u64, model: String, reply: Sender<Reply>, hold: bool) {
         if self.shutting_down {
             let _ = reply.send(Reply::Failed(AcquireError::ShuttingDown));
             return;
@@ -744,7 +797,12 @@ impl State {
             return;
         }
         let _ = reply.send(Reply::Queued);
-        self.queue.push_back(Pending { id, model, reply });
+        self.queue.push_back(Pending {
+            id,
+            model,
+            reply,
+            hold,
+        });
     }
 
     fn grant(&mut self, model: &str) -> Lease {
@@ -781,14 +839,15 @@ impl State {
                 }
                 Phase::Starting => {
                     let pending = self.queue.remove(index).expect("index is in bounds");
-                    self.slots
+                    let slot = self
+                        .slots
                         .get_mut(&model)
-                        .expect("queued models are configured")
-                        .waiters
-                        .push(Waiter {
-                            id: pending.id,
-                            reply: pending.reply,
-                        });
+                        .expect("queued models are configured");
+                    slot.start_held |= pending.hold;
+                    slot.waiters.push(Waiter {
+                        id: pending.id,
+                        reply: pending.reply,
+                    });
                 }
                 Phase::Stopping => index += 1,
                 Phase::Stopped => {
@@ -807,6 +866,7 @@ impl State {
                         self.start(&model);
                         let slot = self.slots.get_mut(&model).expect("configured");
                         if slot.phase == Phase::Starting {
+                            slot.start_held = pending.hold;
                             slot.waiters.push(Waiter {
                                 id: pending.id,
                                 reply: pending.reply,
@@ -830,7 +890,10 @@ impl State {
                             self.metrics.record_swap();
                             for id in &evict {
                                 log::info!(model = model; "swapping: stopping {id} to load {model}");
-                                let grace = self.config.health_check_timeout;
+                                // Every stop uses unloadTimeout (llama-swap waits
+                                // healthCheckTimeout here, so a swap away from a server that
+                                // ignores SIGTERM made the request wait minutes).
+                                let grace = self.slots[id].config.unload_timeout;
                                 self.begin_stop(id, StopReason::Swap, grace);
                             }
                         }
@@ -891,6 +954,7 @@ impl State {
             }
         };
         slot.phase = Phase::Starting;
+        slot.start_held = false;
         slot.spawned_at = Instant::now();
         slot.generation = generation;
         slot.pid = Some(pid);
@@ -969,7 +1033,8 @@ impl State {
         self.metrics
             .record_start(model, false, slot.spawned_at.elapsed());
         self.fail_waiters(model, AcquireError::StartFailed(message));
-        self.begin_stop(model, StopReason::StartFailed, START_FAILURE_GRACE);
+        let grace = self.slots[model].config.unload_timeout;
+        self.begin_stop(model, StopReason::StartFailed, grace);
     }
 
     fn start_failure_message(&self, model: &str, reason: &str) -> String {
@@ -1203,6 +1268,7 @@ impl State {
             StopReason::Swap => self.metrics.record_eviction("swap"),
             StopReason::Ttl => self.metrics.record_eviction("ttl"),
             StopReason::Unload => self.metrics.record_eviction("unload"),
+            StopReason::Abandoned => self.metrics.record_eviction("abandoned"),
             StopReason::StartFailed | StopReason::Shutdown | StopReason::Reload => {}
         }
         slot.phase = Phase::Stopping;
@@ -1320,6 +1386,13 @@ fn same_start(old: &ModelConfig, new: &ModelConfig) -> bool {
         && old.check_endpoint == new.check_endpoint
 }
 
+/// Whether a start is abandoned once a request waiting for it has been withdrawn: only while
+/// it is still starting, when no request waits for it any more, when no explicit load (preload,
+/// API) holds it, and not during shutdown (which stops everything anyway).
+fn abandon_start(phase: Phase, still_waiting: usize, held: bool, shutting_down: bool) -> bool {
+    phase == Phase::Starting && still_waiting == 0 && !held && !shutting_down
+}
+
 /// When an idle ready model's TTL runs out (none while it is busy or has no TTL).
 fn ttl_deadline(slot: &Slot) -> Option<Instant> {
     let ttl = slot.idle_time()?;
@@ -1337,6 +1410,29 @@ fn last_lines(history: &[u8], count: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_start_is_abandoned_only_when_nobody_wants_it_any_more() {
+        use Phase::*;
+        // (phase, requests still waiting, held by an explicit load, shutting down) → abandon
+        let table = [
+            (Starting, 0, false, false, true),
+            (Starting, 1, false, false, false),
+            (Starting, 3, false, false, false),
+            (Starting, 0, true, false, false),
+            (Starting, 0, false, true, false),
+            (Ready, 0, false, false, false),
+            (Stopping, 0, false, false, false),
+            (Stopped, 0, false, false, false),
+        ];
+        for (phase, waiting, held, shutting_down, expected) in table {
+            assert_eq!(
+                abandon_start(phase, waiting, held, shutting_down),
+                expected,
+                "{phase:?}, {waiting} waiting, held {held}, shutting down {shutting_down}"
+            );
+        }
+    }
 
     #[test]
     fn last_lines_takes_the_tail() {

@@ -48,32 +48,46 @@ pub fn spawn(
     prepare_child(&mut command, true);
     let mut child = command.spawn()?;
     let pid = child.id();
+    // Each reader holds a sender and drops it at end of stream, so the channel disconnects once
+    // both pipes reached EOF: a wait group the reaper can wait on with a deadline.
+    let (output_open, output_done) = crossbeam_channel::bounded::<()>(0);
     if let Some(stdout) = child.stdout.take() {
-        start_reader(stdout, sink.clone(), pid, "stdout");
+        start_reader(stdout, sink.clone(), pid, "stdout", output_open.clone());
     }
     if let Some(stderr) = child.stderr.take() {
-        start_reader(stderr, sink, pid, "stderr");
+        start_reader(stderr, sink, pid, "stderr", output_open);
     }
     thread::Builder::new()
         .name(format!("reaper-{pid}"))
         .stack_size(64 * 1024)
         .spawn(move || {
             let status = child.wait().unwrap_or_else(|_| ExitStatus::from_raw(-1));
+            // The exit is reported only after the child's last output is in its log, so a start
+            // failure's message carries the child's last words, and no late line lands in the
+            // log after the supervisor has cleared it (or in the next process's log). A
+            // grandchild may hold the pipes open forever, hence the bound.
+            let deadline = std::time::Instant::now() + OUTPUT_DRAIN_LIMIT;
+            while output_done.recv_deadline(deadline).is_ok() {}
             on_exit(status);
         })?;
     Ok(pid)
 }
 
+/// How long an exit report waits for the child's stdout and stderr to reach end of stream.
+const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_millis(200);
+
 /// Sets what the forked child does before exec.
 ///
 /// swapd blocks SIGTERM, SIGINT and SIGHUP in every thread (the signal thread takes them with
 /// sigwait) and exec keeps a blocked mask, so a child must unblock them or SIGTERM could never
-/// stop it; SIGPIPE goes back to its default action too. With `die_with_parent`,
+/// stop it. exec also keeps every *ignored* signal ignored: Rust ignores SIGPIPE, and a swapd
+/// started under `nohup` (or by any parent that ignores SIGHUP, SIGINT, ...) would pass that
+/// on, so every disposition goes back to its default. With `die_with_parent`,
 /// PR_SET_PDEATHSIG makes the kernel SIGKILL the child when the spawning thread (the
 /// supervisor) dies, so children never outlive a SIGKILLed swapd.
 fn prepare_child(command: &mut Command, die_with_parent: bool) {
     // SAFETY: the closure runs in the forked child before exec and only calls prctl,
-    // sigemptyset, sigprocmask and signal, which are async-signal-safe.
+    // sigemptyset, sigprocmask and signal (sigaction), which are async-signal-safe.
     unsafe {
         command.pre_exec(move || {
             if die_with_parent && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
@@ -82,18 +96,33 @@ fn prepare_child(command: &mut Command, die_with_parent: bool) {
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            for signal in 1..SIGNAL_COUNT {
+                if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                    // Fails (harmlessly) only for the C library's reserved real-time signals.
+                    libc::signal(signal, libc::SIG_DFL);
+                }
+            }
             Ok(())
         });
     }
 }
+
+/// One more than the highest signal number on Linux (the kernel's `_NSIG`).
+const SIGNAL_COUNT: libc::c_int = 65;
 
 /// How long a log reader waits after passing output on before reading again.
 const READ_BATCH_DELAY: Duration = Duration::from_millis(5);
 
 /// Reads a pipe and writes whole lines into the sink. A line longer than the read buffer is
 /// written in pieces; a partial last line is written at end of stream.
-fn start_reader(mut pipe: impl Read + Send + 'static, sink: OutputSink, pid: u32, which: &str) {
+/// `open` is dropped once the pipe reached end of stream.
+fn start_reader(
+    mut pipe: impl Read + Send + 'static,
+    sink: OutputSink,
+    pid: u32,
+    which: &str,
+    open: crossbeam_channel::Sender<()>,
+) {
     let spawned = thread::Builder::new()
         .name(format!("log-{which}-{pid}"))
         .stack_size(64 * 1024)
@@ -124,6 +153,7 @@ fn start_reader(mut pipe: impl Read + Send + 'static, sink: OutputSink, pid: u32
                 sink.model_log.write(&buffer[..filled]);
                 (sink.also)(&buffer[..filled]);
             }
+            drop(open);
         });
     if let Err(error) = spawned {
         log::error!("cannot start the log reader for pid {pid}: {error}");
