@@ -132,13 +132,25 @@ impl Daemon {
 
     /// Starts swapd with extra arguments and environment variables.
     pub fn start_with_env(config: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_customised(config, extra, env, |_| {})
+    }
+
+    /// Starts swapd, letting `customise` adjust the command first (e.g. a `pre_exec` that
+    /// changes what swapd inherits).
+    pub fn start_customised(
+        config: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        customise: impl FnOnce(&mut Command),
+    ) -> Daemon {
         let dir = TempDir::new("daemon");
         let config = config
             .replace("{FAKE}", FAKE)
             .replace("{DIR}", dir.path().to_str().expect("utf-8 temp path"));
         let config_path = dir.path().join("config.yaml");
         std::fs::write(&config_path, config).expect("write config");
-        let mut child = Command::new(SWAPD)
+        let mut command = Command::new(SWAPD);
+        command
             .arg("--config")
             .arg(&config_path)
             .arg("--listen")
@@ -147,9 +159,9 @@ impl Daemon {
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start swapd");
+            .stderr(Stdio::piped());
+        customise(&mut command);
+        let mut child = command.spawn().expect("start swapd");
         let stderr = child.stderr.take().expect("piped stderr");
         let collected = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = crossbeam_channel::unbounded();

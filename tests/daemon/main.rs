@@ -2,6 +2,7 @@
 
 mod cli;
 mod common;
+mod lifecycle;
 mod logs;
 mod observability;
 mod ollama;

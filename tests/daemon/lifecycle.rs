@@ -1,0 +1,187 @@
+//! A model's lifecycle at its edges: a start every client walked away from, the grace a stop
+//! gives a child that ignores SIGTERM, and what a child inherits from swapd's own parent. Each
+//! test checks the observable effect (pids, /running, statuses, /proc), never swapd's logs.
+
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+/// A model that takes `delay_ms` to become healthy, with `extra` model keys.
+fn slow_config(delay_ms: u64, extra: &str, top: &str) -> String {
+    simple_config(&["a"], extra, top)
+        .replace("healthCheckTimeout: 15", "healthCheckTimeout: 60")
+        .replace(
+            "--model a",
+            &format!("--model a --startup-delay-ms {delay_ms}"),
+        )
+}
+
+/// The state `/running` reports for `model`, if it is listed.
+fn state_of(daemon: &Daemon, model: &str) -> Option<String> {
+    daemon
+        .running_states()
+        .into_iter()
+        .find(|(m, _)| m == model)
+        .map(|(_, state)| state)
+}
+
+/// Opens a request for `model` on a raw socket and waits until swapd reports the model
+/// starting with a pid. Returns the open connection (the waiting client) and the pid.
+fn client_waiting_for_a_start(daemon: &Daemon, model: &str) -> (std::net::TcpStream, u32) {
+    let client = open_stream(&daemon.addr, "/v1/chat/completions", &chat(model));
+    let pid = wait_for(
+        &format!("{model} starting"),
+        Duration::from_secs(10),
+        || {
+            (state_of(daemon, model).as_deref() == Some("starting"))
+                .then(|| daemon.pid_of(model))
+                .flatten()
+        },
+    );
+    (client, pid)
+}
+
+#[test]
+fn a_start_every_client_left_is_abandoned_and_never_becomes_ready() {
+    // Health passes 3 s after spawn; healthCheckTimeout is 60 s.
+    let daemon = Daemon::start(&slow_config(3000, "", ""));
+    let spawned = Instant::now();
+    let (client, pid) = client_waiting_for_a_start(&daemon, "a");
+    drop(client);
+    // Shortly after the start would have finished, the process is gone and nothing runs; on the
+    // way it must never have been reported ready.
+    wait_for(
+        "the abandoned start's process to be gone and /running empty",
+        Duration::from_secs(3) + Duration::from_secs(10),
+        || {
+            let states = daemon.running_states();
+            assert!(
+                states.iter().all(|(_, state)| state != "ready"),
+                "an abandoned start became ready: {states:?}"
+            );
+            (!pid_alive(pid) && states.is_empty()).then_some(())
+        },
+    );
+    // Past the moment health would have passed, it still does not come back.
+    let after_health = spawned + Duration::from_millis(3500);
+    while Instant::now() < after_health {
+        assert!(daemon.running_states().is_empty());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(daemon.children().is_empty(), "{:?}", daemon.children());
+    // The next request starts it again, cleanly, and is served.
+    let reply = post_json(&daemon.url("/v1/chat/completions"), &chat("a"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let second = reply.json()["pid"].as_u64().expect("pid") as u32;
+    assert_ne!(second, pid);
+    daemon.wait_running(&["a"]);
+}
+
+#[test]
+fn a_request_arriving_while_a_start_is_abandoned_starts_it_again() {
+    // The child ignores SIGTERM, so the abandoned process lingers for its 1 s grace; a
+    // request arriving then waits for it to go and gets a fresh process.
+    let daemon = Daemon::start(
+        &slow_config(1500, "    unloadTimeout: 1\n", "")
+            .replace("--model a", "--model a --ignore-sigterm"),
+    );
+    let (client, first) = client_waiting_for_a_start(&daemon, "a");
+    drop(client);
+    wait_for("a stopping", Duration::from_secs(10), || {
+        (state_of(&daemon, "a").as_deref() != Some("starting")).then_some(())
+    });
+    let reply = post_json(&daemon.url("/v1/chat/completions"), &chat("a"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let second = reply.json()["pid"].as_u64().expect("pid") as u32;
+    assert_ne!(second, first, "the abandoned process was not reused");
+    assert!(!pid_alive(first));
+    daemon.wait_running(&["a"]);
+}
+
+#[test]
+fn a_preloaded_start_is_kept_when_a_client_joins_it_and_leaves() {
+    let daemon = Daemon::start(&slow_config(
+        2000,
+        "",
+        "hooks:\n  on_startup:\n    preload: [a]\n",
+    ));
+    let (client, pid) = client_waiting_for_a_start(&daemon, "a");
+    drop(client);
+    daemon.wait_running(&["a"]);
+    assert_eq!(daemon.pid_of("a"), Some(pid), "the preloaded process is kept");
+    assert!(pid_alive(pid));
+}
+
+#[test]
+fn a_swap_away_from_a_child_ignoring_sigterm_waits_unload_timeout_not_health_check_timeout() {
+    // healthCheckTimeout is 60 s: with llama-swap's rule the request for b would wait that long
+    // for a's SIGKILL. The bounds below are generous on purpose; they only tell 1 s from 60 s.
+    let config = simple_config(&["a", "b"], "    unloadTimeout: 1\n", "")
+        .replace("healthCheckTimeout: 15", "healthCheckTimeout: 60")
+        .replace("--model a", "--model a --ignore-sigterm");
+    let daemon = Daemon::start(&config);
+    let reply = post_json(&daemon.url("/v1/chat/completions"), &chat("a"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let pid_a = daemon.pid_of("a").expect("a runs");
+    let started = Instant::now();
+    let reply = post_json(&daemon.url("/v1/chat/completions"), &chat("b"));
+    let took = started.elapsed();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["model_served"], "b");
+    assert!(!pid_alive(pid_a), "a was killed before b started");
+    assert!(
+        took >= Duration::from_millis(900),
+        "a ignores SIGTERM, so only the SIGKILL after the 1 s grace stops it: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "the swap waited for healthCheckTimeout instead of unloadTimeout: {took:?}"
+    );
+}
+
+/// The signals `/proc/<pid>/status` lists as ignored.
+fn ignored_signals(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let mask = status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigIgn:"))
+        .expect("a SigIgn line");
+    u64::from_str_radix(mask.trim(), 16).expect("a hex mask")
+}
+
+fn bit(signal: i32) -> u64 {
+    1 << (signal - 1)
+}
+
+#[test]
+fn a_child_of_a_swapd_started_with_sighup_ignored_has_default_signal_dispositions() {
+    // As under nohup: swapd's parent ignores SIGHUP (and SIGINT, SIGUSR1 for good measure)
+    // and swapd inherits that through exec.
+    let daemon = Daemon::start_customised(&simple_config(&["a"], "", ""), &[], &[], |command| {
+        // SAFETY: runs in the forked test child before exec; signal() is async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                for signal in [libc::SIGHUP, libc::SIGINT, libc::SIGUSR1] {
+                    libc::signal(signal, libc::SIG_IGN);
+                }
+                Ok(())
+            });
+        }
+    });
+    let inherited = bit(libc::SIGHUP) | bit(libc::SIGINT) | bit(libc::SIGUSR1);
+    assert_eq!(
+        ignored_signals(daemon.pid()) & inherited,
+        inherited,
+        "the test's premise: swapd itself runs with these signals ignored"
+    );
+    let reply = post_json(&daemon.url("/v1/chat/completions"), &chat("a"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let pid = daemon.pid_of("a").expect("a runs");
+    let ignored = ignored_signals(pid);
+    assert_eq!(
+        ignored & inherited,
+        0,
+        "the child inherited ignored signals: SigIgn {ignored:016x}"
+    );
+}
