@@ -238,11 +238,13 @@ pub fn run(options: Options) -> Result<(), String> {
     for warning in proxy::origin::exposure_warnings(&config, local_addr) {
         log::warn!("{warning}");
     }
+    // The terminal gets one startup line, on stderr, in the form tests and scripts read to
+    // learn the port when listening on port 0; the log history (`/logs`) gets its own copy.
     log::info!(
+        target: crate::logs::NOT_ON_STDOUT,
         "swapd {} listening on http://{local_addr}",
         env!("CARGO_PKG_VERSION")
     );
-    // Tests and scripts read this line to learn the port when listening on port 0.
     eprintln!("swapd: listening on http://{local_addr}");
 
     preload(&supervisor, config.preload.clone());

@@ -60,12 +60,15 @@ impl Logs {
             .cloned()
     }
 
-    /// Writes a formatted swapd log line.
-    pub fn write_proxy(&self, bytes: &[u8]) {
+    /// Writes a formatted swapd log line. `stdout` is the form the terminal gets (with a
+    /// timestamp); `None` keeps the line out of stdout (it is shown another way).
+    pub fn write_proxy(&self, bytes: &[u8], stdout: Option<&[u8]>) {
         self.proxy.write(bytes);
         if matches!(self.to_stdout, LogToStdout::Proxy | LogToStdout::Both) {
             self.mux.write(bytes);
-            let _ = std::io::stdout().lock().write_all(bytes);
+            if let Some(line) = stdout {
+                let _ = std::io::stdout().lock().write_all(line);
+            }
         }
     }
 
@@ -119,7 +122,13 @@ impl Logs {
     }
 }
 
+/// The `log` target of records kept in the logs (`/logs`) but not printed on stdout: the
+/// startup line, which swapd prints on stderr in a form scripts read.
+pub const NOT_ON_STDOUT: &str = "swapd::not_on_stdout";
+
 /// A `log` backend writing llama-swap style lines `[time ][LEVEL] message` into [`Logs`].
+/// On stdout every line starts with an RFC 3339 timestamp (see [`stamp_for_stdout`]); the
+/// `/logs` history keeps llama-swap's form.
 pub struct ProxyLogger {
     pub logs: Arc<Logs>,
     pub level: log::LevelFilter,
@@ -147,8 +156,19 @@ impl log::Log for ProxyLogger {
             Some(_) => format!("{} [{level}] {}\n", timestamp_rfc3339(), record.args()),
             None => format!("[{level}] {}\n", record.args()),
         };
+        // The startup line goes to the terminal on stderr instead (see NOT_ON_STDOUT).
+        let on_stdout = record.target() != NOT_ON_STDOUT;
         match self.format {
-            LogFormat::Text => self.logs.write_proxy(line.as_bytes()),
+            LogFormat::Text => {
+                let stdout = match (on_stdout, &self.time_format) {
+                    (false, _) => None,
+                    (true, Some(_)) => Some(line.clone()),
+                    (true, None) => Some(stamp_for_stdout(&line)),
+                };
+                self.logs
+                    .write_proxy(line.as_bytes(), stdout.as_ref().map(String::as_bytes));
+            }
+            LogFormat::Json if !on_stdout => self.logs.write_proxy(line.as_bytes(), None),
             LogFormat::Json => {
                 let model = record
                     .key_values()
@@ -167,6 +187,15 @@ impl log::Log for ProxyLogger {
     }
 
     fn flush(&self) {}
+}
+
+/// A swapd log line as printed on stdout in the text format: prefixed with the current UTC
+/// time in RFC 3339, to the millisecond, e.g. `2026-12-06T03:57:41.123Z [INFO] ...`.
+pub fn stamp_for_stdout(line: &str) -> String {
+    format!(
+        "{} {line}",
+        timestamp_rfc3339_millis(std::time::SystemTime::now())
+    )
 }
 
 /// One log line for machines (`swapd.logFormat: json`): a JSON object with `time` (RFC 3339,
@@ -281,6 +310,15 @@ mod tests {
             timestamp_rfc3339_millis(std::time::UNIX_EPOCH),
             "1970-01-01T00:00:00.000Z"
         );
+    }
+
+    #[test]
+    fn stdout_lines_carry_an_rfc3339_timestamp() {
+        let line = stamp_for_stdout("[INFO] hello\n");
+        let (stamp, rest) = line.split_once(' ').expect("a stamp and the line");
+        assert_eq!(rest, "[INFO] hello\n");
+        assert_eq!(stamp.len(), "2026-12-06T03:37:41.042Z".len(), "{stamp}");
+        assert!(stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T', "{stamp}");
     }
 
     #[test]
