@@ -5,7 +5,7 @@ SWAPD_CACHE ?= $(HOME)/.cache/swapd
 export SWAPD_CACHE
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: build release run run-fake test test-unit test-e2e e2e-deps lint fmt fmt-check bench bench-real soak clean
+.PHONY: build release run run-prereqs run-fake test test-unit test-e2e e2e-deps lint fmt fmt-check bench bench-real soak clean
 .PHONY: install install-files deb test-ops test-package test-prometheus
 .PHONY: bench-scale
 
@@ -17,7 +17,7 @@ release:
 
 # Real models: installs llama-server and the model generator into $(SWAPD_CACHE) when missing,
 # generates tiny GGUF models, and serves config/demo.yaml on $(LISTEN).
-run: release e2e-deps
+run: run-prereqs release e2e-deps
 	@. $(SWAPD_CACHE)/env.sh && \
 	  echo "" && \
 	  echo "swapd serving config/demo.yaml on http://$(LISTEN) — try:" && \
@@ -29,6 +29,17 @@ run: release e2e-deps
 	  echo "  curl -N http://$(LISTEN)/logs/stream/tiny-a" && \
 	  echo "" && \
 	  exec target/release/swapd --config config/demo.yaml --listen $(LISTEN)
+
+# What `make run` needs on a fresh machine, each missing one named with a one-line hint
+# (curl is only needed to try the demo, so its absence is a note, not an error).
+run-prereqs:
+	@missing=0; \
+	command -v cargo >/dev/null 2>&1 || { echo "make run: missing cargo (Rust toolchain): install it from https://rustup.rs"; missing=1; }; \
+	{ command -v c++ || command -v g++ || command -v clang++; } >/dev/null 2>&1 || { echo "make run: missing a C++ compiler (builds llama-server): e.g. apt-get install g++"; missing=1; }; \
+	command -v python3 >/dev/null 2>&1 || { echo "make run: missing python3 (generates the demo models): e.g. apt-get install python3 python3-venv"; missing=1; }; \
+	{ ! command -v python3 >/dev/null 2>&1 || python3 -c 'import ensurepip, venv' >/dev/null 2>&1; } || { echo "make run: python3 cannot create virtual environments: e.g. apt-get install python3-venv"; missing=1; }; \
+	command -v curl >/dev/null 2>&1 || echo "make run: note: curl is not installed (the commands printed to try the demo use it): e.g. apt-get install curl"; \
+	exit $$missing
 
 # The same daemon on config/example.yaml, whose models are the fake-upstream test fixture.
 run-fake: build

@@ -123,10 +123,22 @@ else
       -DLLAMA_USE_PREBUILT_UI=OFF \
       >"$BUILD/configure.log" 2>&1 \
       || { tail -50 "$BUILD/configure.log" >&2; exit 1; }
-    log "building llama-server with $JOBS jobs (nice 10); log: $BUILD/build.log"
+    log "building llama-server with $JOBS jobs (nice 10, a few minutes); log: $BUILD/build.log"
     T0=$(date +%s)
-    PATH="$VENV/bin:$PATH" nice -n 10 cmake --build "$BUILD/out" --target llama-server -j "$JOBS" \
-      >"$BUILD/build.log" 2>&1 \
+    # The whole build output goes to build.log; ninja's "[N/M] ..." status lines become one
+    # progress line per 5 % on stderr, so a first run does not sit in silence for minutes.
+    PATH="$VENV/bin:$PATH" nice -n 10 cmake --build "$BUILD/out" --target llama-server -j "$JOBS" 2>&1 \
+      | tee "$BUILD/build.log" \
+      | awk '
+          match($0, /^\[[0-9]+\/[0-9]+\]/) {
+            split(substr($0, 2, RLENGTH - 2), step, "/")
+            percent = int(step[1] * 100 / step[2])
+            if (percent >= next_percent) {
+              printf "[install.sh] building llama-server: %3d%% (%d of %d steps)\n", percent, step[1], step[2]
+              fflush()
+              next_percent = percent - percent % 5 + 5
+            }
+          }' >&2 \
       || { tail -50 "$BUILD/build.log" >&2; exit 1; }
     log "llama-server built in $(( $(date +%s) - T0 )) s"
     mkdir -p "$PREFIX/bin"
