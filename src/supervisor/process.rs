@@ -61,16 +61,40 @@ pub fn spawn(
         .name(format!("reaper-{pid}"))
         .stack_size(64 * 1024)
         .spawn(move || {
-            let status = child.wait().unwrap_or_else(|_| ExitStatus::from_raw(-1));
             // The exit is reported only after the child's last output is in its log, so a start
             // failure's message carries the child's last words, and no late line lands in the
             // log after the supervisor has cleared it (or in the next process's log). A
-            // grandchild may hold the pipes open forever, hence the bound.
+            // grandchild may hold the pipes open forever, hence the bound. The child stays a
+            // zombie meanwhile (not reaped), so its pid, which names its process group, cannot
+            // be reused while the supervisor may still signal that group.
+            wait_for_exit_without_reaping(pid);
             let deadline = std::time::Instant::now() + OUTPUT_DRAIN_LIMIT;
             while output_done.recv_deadline(deadline).is_ok() {}
+            let status = child.wait().unwrap_or_else(|_| ExitStatus::from_raw(-1));
             on_exit(status);
         })?;
     Ok(pid)
+}
+
+/// Blocks until child `pid` has exited, leaving it unreaped (`WNOWAIT`): `Child::wait` reaps
+/// it afterwards and reads its status.
+fn wait_for_exit_without_reaping(pid: u32) {
+    loop {
+        // SAFETY: waitid only writes into the zeroed siginfo_t we own; `pid` is our own child,
+        // which only this thread reaps.
+        let result = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if result == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
+        }
+    }
 }
 
 /// How long an exit report waits for the child's stdout and stderr to reach end of stream.
