@@ -318,7 +318,10 @@ mod tests {
         let (stamp, rest) = line.split_once(' ').expect("a stamp and the line");
         assert_eq!(rest, "[INFO] hello\n");
         assert_eq!(stamp.len(), "2026-12-06T03:37:41.042Z".len(), "{stamp}");
-        assert!(stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T', "{stamp}");
+        assert!(
+            stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+            "{stamp}"
+        );
     }
 
     #[test]

@@ -109,7 +109,11 @@ fn a_preloaded_start_is_kept_when_a_client_joins_it_and_leaves() {
     let (client, pid) = client_waiting_for_a_start(&daemon, "a");
     drop(client);
     daemon.wait_running(&["a"]);
-    assert_eq!(daemon.pid_of("a"), Some(pid), "the preloaded process is kept");
+    assert_eq!(
+        daemon.pid_of("a"),
+        Some(pid),
+        "the preloaded process is kept"
+    );
     assert!(pid_alive(pid));
 }
 
