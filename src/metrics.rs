@@ -57,7 +57,7 @@ pub const MAX_LINE_BYTES: usize = 64 * 1024;
 pub const JSON_TAIL_BYTES: usize = 32 * 1024;
 
 /// The eviction reasons that always appear in `swapd_evictions_total`, even at zero.
-const KNOWN_EVICTION_REASONS: [&str; 4] = ["swap", "ttl", "unload", "crash"];
+const KNOWN_EVICTION_REASONS: [&str; 5] = ["swap", "ttl", "unload", "crash", "abandoned"];
 
 /// The states that always appear in `swapd_model_state`.
 const MODEL_STATES: [&str; 4] = ["stopped", "starting", "ready", "stopping"];
@@ -367,8 +367,8 @@ impl Metrics {
         self.lock().swaps += 1;
     }
 
-    /// Records that a model was stopped; `reason` is "swap", "ttl", "unload" or "crash" (other
-    /// values are counted under their own label).
+    /// Records that a model was stopped; `reason` is "swap", "ttl", "unload", "crash" or
+    /// "abandoned" (a start every client left; other values are counted under their own label).
     pub fn record_eviction(&self, reason: &str) {
         let mut inner = self.lock();
         match inner

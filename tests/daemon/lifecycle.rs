@@ -70,6 +70,11 @@ fn a_start_every_client_left_is_abandoned_and_never_becomes_ready() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(daemon.children().is_empty(), "{:?}", daemon.children());
+    let metrics = get(&daemon.url("/metrics")).body;
+    assert!(
+        metrics.contains("swapd_evictions_total{reason=\"abandoned\"} 1\n"),
+        "{metrics}"
+    );
     // The next request starts it again, cleanly, and is served.
     let reply = post_json(&daemon.url("/v1/chat/completions"), &chat("a"));
     assert_eq!(reply.status, 200, "{}", reply.body);
