@@ -1,6 +1,7 @@
 //! A model's lifecycle at its edges: a start every client walked away from, the grace a stop
-//! gives a child that ignores SIGTERM, and what a child inherits from swapd's own parent. Each
-//! test checks the observable effect (pids, /running, statuses, /proc), never swapd's logs.
+//! gives a child that ignores SIGTERM, and what a child inherits from swapd's own parent; and
+//! what a first run shows on the terminal. Each test checks the observable effect (pids,
+//! /running, statuses, /proc, what swapd prints).
 
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
@@ -192,5 +193,75 @@ fn a_child_of_a_swapd_started_with_sighup_ignored_has_default_signal_disposition
         ignored & inherited,
         0,
         "the child inherited ignored signals: SigIgn {ignored:016x}"
+    );
+}
+
+/// Whether `stamp` is an RFC 3339 UTC time as swapd prints it: `2026-12-06T03:57:41.123Z`.
+fn is_rfc3339_millis(stamp: &str) -> bool {
+    let bytes = stamp.as_bytes();
+    let digits = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22];
+    bytes.len() == 24
+        && digits.iter().all(|&i| bytes[i].is_ascii_digit())
+        && [
+            (4, b'-'),
+            (7, b'-'),
+            (10, b'T'),
+            (13, b':'),
+            (16, b':'),
+            (19, b'.'),
+            (23, b'Z'),
+        ]
+        .iter()
+        .all(|&(i, c)| bytes[i] == c)
+}
+
+#[test]
+fn swapd_prints_its_startup_line_once_and_stamps_its_own_stdout_lines() {
+    // No logTimeFormat: the /logs history keeps llama-swap's "[INFO] ..." form, while stdout
+    // (logToStdout: proxy, the default) carries a timestamp on every line.
+    let mut daemon = Daemon::start_customised(&simple_config(&["a"], "", ""), &[], &[], |c| {
+        c.stdout(std::process::Stdio::piped());
+    });
+    let mut stdout = daemon.child.stdout.take().expect("piped stdout");
+    let reply = post_json(&daemon.url("/v1/chat/completions"), &chat("a"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let history = get(&daemon.url("/logs")).body;
+    assert_eq!(daemon.terminate(), Some(0));
+    let mut printed = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut printed).expect("read stdout");
+    let stderr = daemon.stderr.lock().expect("stderr lock").clone();
+
+    let startup_lines: Vec<&str> = printed
+        .lines()
+        .chain(stderr.lines())
+        .filter(|line| line.contains("listening on http://"))
+        .collect();
+    assert_eq!(
+        startup_lines,
+        [format!("swapd: listening on http://{}", daemon.addr)],
+        "stdout:\n{printed}\nstderr:\n{stderr}"
+    );
+    assert!(
+        printed.lines().count() >= 3,
+        "starting, ready, the request, stopping...: {printed}"
+    );
+    for line in printed.lines() {
+        let (stamp, rest) = line.split_once(' ').unwrap_or((line, ""));
+        assert!(
+            is_rfc3339_millis(stamp) && rest.starts_with('['),
+            "a stdout line without its timestamp: {line:?}"
+        );
+    }
+    assert!(
+        history.lines().any(|l| l.starts_with("[INFO] swapd ")
+            && l.contains(&format!("listening on http://{}", daemon.addr))),
+        "/logs keeps the startup line, in its own form: {history}"
+    );
+    assert!(
+        history
+            .lines()
+            .filter(|l| !l.is_empty())
+            .all(|l| l.starts_with('[')),
+        "/logs lines keep llama-swap's form: {history}"
     );
 }
