@@ -491,6 +491,13 @@ fn proxy_to(
             }
         }
     };
+    // The grant may have raced with the client's departure (it is checked every 250 ms above):
+    // send nothing upstream for nobody, and let the supervisor stop a model started in vain.
+    if client.is_gone() {
+        log::info!("client left while waiting for '{model_id}'; request withdrawn");
+        lease.withdraw();
+        return;
+    }
     let destination = match (request, loading) {
         (Some(request), _) => Destination::Fresh(request),
         (None, Some(stream)) => match stream.done(started) {

@@ -67,6 +67,8 @@ pub struct Lease {
     upstream: Arc<str>,
     gate: Arc<gate::Gate>,
     tx: Sender<Command>,
+    /// Given back unused: its client left while it waited for the model's start.
+    withdrawn: bool,
 }
 
 impl Lease {
@@ -78,6 +80,14 @@ impl Lease {
     pub fn upstream(&self) -> &str {
         &self.upstream
     }
+
+    /// Gives the lease back unused because its client left while waiting for the model's
+    /// start: the grant raced with the client's departure. If nobody else has used or wants
+    /// the model since it became ready, the supervisor abandons the start after all (see
+    /// [`abandon_unused_start`]).
+    pub fn withdraw(mut self) {
+        self.withdrawn = true;
+    }
 }
 
 impl Drop for Lease {
@@ -85,8 +95,11 @@ impl Drop for Lease {
         // The supervisor only needs to hear of the last lease going: that starts the TTL and
         // lets a waiting swap or reload proceed.
         if self.gate.release() == 0 {
-            let _ = self.tx.send(Command::Release {
-                model: self.model.clone(),
+            let model = self.model.clone();
+            let _ = self.tx.send(if self.withdrawn {
+                Command::Withdrawn { model }
+            } else {
+                Command::Release { model }
             });
         }
     }
@@ -196,6 +209,10 @@ pub enum Command {
         id: u64,
     },
     Release {
+        model: Arc<str>,
+    },
+    /// The last lease out was given back unused (see [`Lease::withdraw`]).
+    Withdrawn {
         model: Arc<str>,
     },
     HealthPassed {
@@ -319,6 +336,7 @@ impl Supervisor {
             upstream: entry.upstream.clone(),
             gate: entry.gate.clone(),
             tx: self.tx.clone(),
+            withdrawn: false,
         })
     }
 
@@ -463,6 +481,8 @@ struct Slot {
     /// An explicit load (preload, API) caused or joined the current start, so it is kept
     /// even when no request waits for it. Reset by every new start.
     start_held: bool,
+    /// A request has finished on the current process since it became ready (a `Release`).
+    served: bool,
     /// A reload changed how this model starts: the new settings wait here until the running
     /// process has drained and stopped.
     pending_config: Option<Arc<ModelConfig>>,
@@ -487,6 +507,7 @@ impl Slot {
             stop_waiters: Vec::new(),
             spawned_at: Instant::now(),
             start_held: false,
+            served: false,
             pending_config: None,
             removed: false,
             idle_override: None,
@@ -659,8 +680,10 @@ impl State {
                 // The gate counted the release; this message says the model went idle.
                 if let Some(slot) = self.slots.get_mut(&*model) {
                     slot.last_used = Instant::now();
+                    slot.served = true;
                 }
             }
+            Command::Withdrawn { model } => self.on_withdrawn(&model),
             Command::HealthPassed { model, generation } => self.on_healthy(&model, generation),
             Command::HealthFailed {
                 model,
@@ -773,6 +796,32 @@ impl State {
         }
     }
 
+    /// The last lease out was given back unused: its client left while waiting for the start,
+    /// too late for [`State::on_cancel`] (the model became ready first). If the start was for
+    /// nobody else, it is abandoned now, so it does not stay ready.
+    fn on_withdrawn(&mut self, model: &str) {
+        let Some(slot) = self.slots.get_mut(model) else {
+            return;
+        };
+        slot.last_used = Instant::now();
+        let queued = self.queue.iter().filter(|p| p.model == model).count();
+        let slot = &self.slots[model];
+        if abandon_unused_start(
+            slot.phase,
+            slot.served,
+            slot.waiters.len() + queued,
+            slot.start_held || slot.retiring(),
+            self.shutting_down,
+        ) && slot.gate.close_if_idle()
+        {
+            log::info!(
+                "{model}: the requests it was started for left as it became ready; stopping it"
+            );
+            let grace = slot.config.unload_timeout;
+            self.begin_stop(model, StopReason::Abandoned, grace);
+        }
+    }
+
     fn on_acquire(&mut self, id: u64, model: String, reply: Sender<Reply>, hold: bool) {
         if self.shutting_down {
             let _ = reply.send(Reply::Failed(AcquireError::ShuttingDown));
@@ -816,6 +865,7 @@ impl State {
             upstream: Arc::from(slot.config.proxy.as_str()),
             gate: slot.gate.clone(),
             tx: self.tx.clone(),
+            withdrawn: false,
         }
     }
 
@@ -994,6 +1044,7 @@ impl State {
         slot.phase = Phase::Ready;
         slot.probe_cancel = None;
         slot.last_used = Instant::now();
+        slot.served = false;
         let took = slot.spawned_at.elapsed();
         self.metrics.record_start(model, true, took);
         log::info!(
@@ -1393,6 +1444,20 @@ fn abandon_start(phase: Phase, still_waiting: usize, held: bool, shutting_down: 
     phase == Phase::Starting && still_waiting == 0 && !held && !shutting_down
 }
 
+/// Whether a model that just became ready is stopped after all, once the last lease out was
+/// given back unused ([`Lease::withdraw`]): only while no request has been served on it, no
+/// request waits for it, no explicit load (or reload) holds it, and swapd is not shutting down.
+/// The caller also checks that no lease is out, atomically with closing the gate.
+fn abandon_unused_start(
+    phase: Phase,
+    served: bool,
+    still_waiting: usize,
+    held: bool,
+    shutting_down: bool,
+) -> bool {
+    phase == Phase::Ready && !served && still_waiting == 0 && !held && !shutting_down
+}
+
 /// When an idle ready model's TTL runs out (none while it is busy or has no TTL).
 fn ttl_deadline(slot: &Slot) -> Option<Instant> {
     let ttl = slot.idle_time()?;
@@ -1430,6 +1495,29 @@ mod tests {
                 abandon_start(phase, waiting, held, shutting_down),
                 expected,
                 "{phase:?}, {waiting} waiting, held {held}, shutting down {shutting_down}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_ready_start_is_stopped_after_a_withdrawn_grant_only_if_unused() {
+        use Phase::*;
+        // (phase, served since ready, still waiting, held, shutting down) → stop
+        let table = [
+            (Ready, false, 0, false, false, true),
+            (Ready, true, 0, false, false, false),
+            (Ready, false, 1, false, false, false),
+            (Ready, false, 0, true, false, false),
+            (Ready, false, 0, false, true, false),
+            (Starting, false, 0, false, false, false),
+            (Stopping, false, 0, false, false, false),
+            (Stopped, false, 0, false, false, false),
+        ];
+        for (phase, served, waiting, held, shutting_down, expected) in table {
+            assert_eq!(
+                abandon_unused_start(phase, served, waiting, held, shutting_down),
+                expected,
+                "{phase:?}, served {served}, {waiting} waiting, held {held}, shutting down {shutting_down}"
             );
         }
     }

@@ -85,6 +85,24 @@ fn a_start_every_client_left_is_abandoned_and_never_becomes_ready() {
 }
 
 #[test]
+fn a_client_leaving_as_the_start_completes_does_not_leave_the_model_loaded() {
+    // swapd checks a waiting client every 250 ms. Leaving 300 ms after the request, while
+    // health passes at about 400 ms, usually makes the grant race with the departure (the
+    // client is found gone only after the model is ready); under heavy load swapd may notice
+    // first. Either way the model must end up stopped. The sleep places the departure in
+    // time; it synchronises nothing.
+    let daemon = Daemon::start(&slow_config(400, "", ""));
+    let client = open_stream(&daemon.addr, "/v1/chat/completions", &chat("a"));
+    std::thread::sleep(Duration::from_millis(300));
+    drop(client);
+    wait_for(
+        "the model started for the departed client to be stopped",
+        Duration::from_secs(10),
+        || (daemon.running_states().is_empty() && daemon.children().is_empty()).then_some(()),
+    );
+}
+
+#[test]
 fn a_request_arriving_while_a_start_is_abandoned_starts_it_again() {
     // The child ignores SIGTERM, so the abandoned process lingers for its 1 s grace; a
     // request arriving then waits for it to go and gets a fresh process.
