@@ -44,6 +44,21 @@ REQUIREMENTS=(
 
 log() { echo "[install.sh] $*" >&2; }
 
+# Reads ninja status lines ("[N/M] ...") and logs the build's progress every 5 %.
+build_progress() {
+  local line step total percent next=0
+  while IFS= read -r line; do
+    [[ $line =~ ^\[([0-9]+)/([0-9]+)\] ]] || continue
+    step=${BASH_REMATCH[1]} total=${BASH_REMATCH[2]}
+    percent=$(( step * 100 / total ))
+    if (( percent >= next )); then
+      log "building llama-server: $percent% ($step of $total steps)"
+      next=$(( percent - percent % 5 + 5 ))
+    fi
+  done
+  return 0
+}
+
 mkdir -p "$CACHE" "$CACHE/bin"
 CACHE="$(cd "$CACHE" && pwd)"
 
@@ -127,18 +142,11 @@ else
     T0=$(date +%s)
     # The whole build output goes to build.log; ninja's "[N/M] ..." status lines become one
     # progress line per 5 % on stderr, so a first run does not sit in silence for minutes.
+    # (grep --line-buffered, not awk: mawk waits for a full input buffer from a pipe.)
     PATH="$VENV/bin:$PATH" nice -n 10 cmake --build "$BUILD/out" --target llama-server -j "$JOBS" 2>&1 \
       | tee "$BUILD/build.log" \
-      | awk '
-          match($0, /^\[[0-9]+\/[0-9]+\]/) {
-            split(substr($0, 2, RLENGTH - 2), step, "/")
-            percent = int(step[1] * 100 / step[2])
-            if (percent >= next_percent) {
-              printf "[install.sh] building llama-server: %3d%% (%d of %d steps)\n", percent, step[1], step[2]
-              fflush()
-              next_percent = percent - percent % 5 + 5
-            }
-          }' >&2 \
+      | grep --line-buffered '^\[[0-9]*/[0-9]*\]' \
+      | build_progress \
       || { tail -50 "$BUILD/build.log" >&2; exit 1; }
     log "llama-server built in $(( $(date +%s) - T0 )) s"
     mkdir -p "$PREFIX/bin"
