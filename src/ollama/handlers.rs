@@ -202,14 +202,32 @@ fn not_found(requested: &str) -> Failure {
 // ---------------------------------------------------------------------------------------------
 
 /// Takes a lease on `model_id`, starting or swapping as the supervisor decides. `Err(None)`:
-/// the client left while waiting (the dropped ticket withdraws the request).
-fn acquire(app: &App, model_id: &str, client: &ClientSocket) -> Result<Lease, Option<Failure>> {
+/// the client left while waiting (the dropped ticket withdraws the request). An
+/// `explicit_load` (an empty request that only loads the model) holds its start: the model is
+/// loaded even if the client leaves; any other start is abandoned when its clients leave.
+fn acquire(
+    app: &App,
+    model_id: &str,
+    client: &ClientSocket,
+    explicit_load: bool,
+) -> Result<Lease, Option<Failure>> {
     if let Some(lease) = app.supervisor.try_lease(model_id) {
         return Ok(lease);
     }
-    let mut ticket = app.supervisor.request(model_id);
+    let mut ticket = if explicit_load {
+        app.supervisor.request_load(model_id)
+    } else {
+        app.supervisor.request(model_id)
+    };
     loop {
         match ticket.wait(Duration::from_millis(250)) {
+            // The grant may have raced with the client's departure: give it back unused, so a
+            // model started only for this client does not stay loaded.
+            Some(Reply::Granted(lease)) if !explicit_load && client.is_gone() => {
+                log::info!("client left while waiting for '{model_id}'; request withdrawn");
+                lease.withdraw();
+                return Err(None);
+            }
             Some(Reply::Granted(lease)) => return Ok(lease),
             Some(Reply::Failed(error)) => {
                 let status = match &error {
@@ -443,7 +461,7 @@ fn generation(app: &App, mut request: tiny_http::Request, kind: Kind) {
         Err(failure) => return failure.send(request),
     };
     let headers = upstream_headers(&request);
-    let lease = match acquire(app, &resolved.id, &client) {
+    let lease = match acquire(app, &resolved.id, &client, false) {
         Ok(lease) => lease,
         Err(failure) => {
             if let Some(failure) = failure {
@@ -621,7 +639,7 @@ fn load_or_unload(
     if unload {
         app.supervisor.unload(Some(&resolved.id));
     } else {
-        match acquire(app, &resolved.id, client) {
+        match acquire(app, &resolved.id, client, true) {
             Ok(lease) => {
                 app.supervisor
                     .set_idle(&resolved.id, idle_override(translated.keep_alive));
@@ -816,7 +834,7 @@ fn embed(app: &App, mut request: tiny_http::Request, legacy: bool) {
         }
     };
     let headers = upstream_headers(&request);
-    let lease = match acquire(app, &resolved.id, &client) {
+    let lease = match acquire(app, &resolved.id, &client, false) {
         Ok(lease) => lease,
         Err(failure) => {
             if let Some(failure) = failure {

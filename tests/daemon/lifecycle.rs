@@ -142,6 +142,26 @@ fn a_preloaded_start_is_kept_when_a_client_joins_it_and_leaves() {
 }
 
 #[test]
+fn a_start_caused_by_an_api_load_is_kept_when_its_client_leaves() {
+    // Ollama's empty generate request is an explicit load: the model is wanted loaded, not
+    // just the answer, so the start is held even when the client that asked leaves.
+    let daemon = Daemon::start(&slow_config(1500, "", ""));
+    let client = open_stream(
+        &daemon.addr,
+        "/api/generate",
+        &serde_json::json!({"model": "a"}),
+    );
+    let pid = wait_for("a starting", Duration::from_secs(10), || {
+        (state_of(&daemon, "a").as_deref() == Some("starting"))
+            .then(|| daemon.pid_of("a"))
+            .flatten()
+    });
+    drop(client);
+    daemon.wait_running(&["a"]);
+    assert_eq!(daemon.pid_of("a"), Some(pid), "the loaded process is kept");
+}
+
+#[test]
 fn a_swap_away_from_a_child_ignoring_sigterm_waits_unload_timeout_not_health_check_timeout() {
     // healthCheckTimeout is 60 s: with llama-swap's rule the request for b would wait that long
     // for a's SIGKILL. The bounds below are generous on purpose; they only tell 1 s from 60 s.
