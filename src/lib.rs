@@ -14,4 +14,5 @@ pub mod proxy;
 pub mod reload;
 pub mod supervisor;
 pub mod systemd;
+pub mod timefmt;
 pub mod upstream;

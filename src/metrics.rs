@@ -727,38 +727,10 @@ fn unix_millis_now() -> u64 {
 /// Formats milliseconds since the Unix epoch as RFC 3339 in UTC, e.g.
 /// `2024-02-29T12:34:56.789Z`.
 fn format_rfc3339_millis(unix_millis: u64) -> String {
-    let secs = unix_millis / 1000;
-    let millis = unix_millis % 1000;
-    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
-    let seconds_of_day = secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        seconds_of_day / 3600,
-        seconds_of_day % 3600 / 60,
-        seconds_of_day % 60
+    crate::timefmt::rfc3339(
+        std::time::Duration::from_millis(unix_millis),
+        crate::timefmt::Fraction::Millis,
     )
-}
-
-/// Converts days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    // Both values are small positive numbers by construction.
-    (year, month as u32, day as u32)
 }
 
 /// Reads the resident set size from `/proc/self/statm`; `None` where that file does not exist.
@@ -2294,27 +2266,6 @@ mod tests {
         assert!(timestamp.ends_with('Z') && timestamp.as_bytes()[10] == b'T');
         assert!(timestamp >= format_rfc3339_millis(before).as_str());
         assert_eq!(row.as_object().expect("an object").len(), 11);
-    }
-
-    #[test]
-    fn rfc3339_formatting() {
-        assert_eq!(format_rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            format_rfc3339_millis(951_782_400_000),
-            "2000-02-29T00:00:00.000Z"
-        );
-        assert_eq!(
-            format_rfc3339_millis(1_709_210_096_789),
-            "2024-02-29T12:34:56.789Z"
-        );
-        assert_eq!(
-            format_rfc3339_millis(1_735_689_599_999),
-            "2024-12-31T23:59:59.999Z"
-        );
-        assert_eq!(
-            format_rfc3339_millis(4_102_444_800_000),
-            "2100-01-01T00:00:00.000Z"
-        );
     }
 
     #[test]
