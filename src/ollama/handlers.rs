@@ -204,8 +204,32 @@ fn not_found(requested: &str) -> Failure {
 /// Takes a lease on `model_id`, starting or swapping as the supervisor decides. `Err(None)`:
 /// the client left while waiting (the dropped ticket withdraws the request). An
 /// `explicit_load` (an empty request that only loads the model) holds its start: the model is
-/// loaded even if the client leaves; any other start is abandoned when its clients leave.
+/// loaded even if the client leaves; any other start is abandoned when its clients leave. A
+/// failure is recorded (metrics and access log) under `path` before it is returned.
 fn acquire(
+    app: &App,
+    model_id: &str,
+    client: &ClientSocket,
+    explicit_load: bool,
+    path: &str,
+    started: Instant,
+) -> Result<Lease, Option<Failure>> {
+    let result = wait_for_lease(app, model_id, client, explicit_load);
+    if let Err(Some(failure)) = &result {
+        record(
+            app,
+            model_id,
+            path,
+            failure.status,
+            started,
+            Default::default(),
+            None,
+        );
+    }
+    result
+}
+
+fn wait_for_lease(
     app: &App,
     model_id: &str,
     client: &ClientSocket,
@@ -461,23 +485,9 @@ fn generation(app: &App, mut request: tiny_http::Request, kind: Kind) {
         Err(failure) => return failure.send(request),
     };
     let headers = upstream_headers(&request);
-    let lease = match acquire(app, &resolved.id, &client, false) {
+    let lease = match acquire(app, &resolved.id, &client, false, path, started) {
         Ok(lease) => lease,
-        Err(failure) => {
-            if let Some(failure) = failure {
-                record(
-                    app,
-                    &resolved.id,
-                    path,
-                    failure.status,
-                    started,
-                    Default::default(),
-                    None,
-                );
-                failure.send(request);
-            }
-            return;
-        }
+        Err(failure) => return failure.map_or((), |failure| failure.send(request)),
     };
     let load = started.elapsed();
     // Sent while the lease is held: even "unload now" cannot stop the model before this
@@ -639,25 +649,13 @@ fn load_or_unload(
     if unload {
         app.supervisor.unload(Some(&resolved.id));
     } else {
-        match acquire(app, &resolved.id, client, true) {
+        match acquire(app, &resolved.id, client, true, path, started) {
             Ok(lease) => {
                 app.supervisor
                     .set_idle(&resolved.id, idle_override(translated.keep_alive));
                 drop(lease);
             }
-            Err(Some(failure)) => {
-                record(
-                    app,
-                    &resolved.id,
-                    path,
-                    failure.status,
-                    started,
-                    Default::default(),
-                    None,
-                );
-                return failure.send(request);
-            }
-            Err(None) => return,
+            Err(failure) => return failure.map_or((), |failure| failure.send(request)),
         }
     }
     record(
@@ -834,23 +832,9 @@ fn embed(app: &App, mut request: tiny_http::Request, legacy: bool) {
         }
     };
     let headers = upstream_headers(&request);
-    let lease = match acquire(app, &resolved.id, &client, false) {
+    let lease = match acquire(app, &resolved.id, &client, false, path, started) {
         Ok(lease) => lease,
-        Err(failure) => {
-            if let Some(failure) = failure {
-                record(
-                    app,
-                    &resolved.id,
-                    path,
-                    failure.status,
-                    started,
-                    Default::default(),
-                    None,
-                );
-                failure.send(request);
-            }
-            return;
-        }
+        Err(failure) => return failure.map_or((), |failure| failure.send(request)),
     };
     let load = started.elapsed();
     app.supervisor
