@@ -17,6 +17,7 @@ mod env;
 mod error;
 mod macros;
 mod matrix;
+mod memory;
 mod scan;
 mod schema;
 mod selectors;
@@ -40,6 +41,7 @@ pub(crate) use access::{parse_host as access_parse_host, parse_origin as access_
 pub use command::split_command;
 pub use error::ConfigError;
 pub use matrix::{Expr as MatrixExpr, MatrixConfig, MatrixSet};
+pub use memory::{human_bytes, size as parse_size, DeclaredFootprint, GpuBudget, MemoryConfig};
 pub use selectors::{ProfileConfig, SelectorConfig, Strategy as SelectorStrategy};
 pub use sources::{load_sources, parse_many, Sources};
 
@@ -170,6 +172,8 @@ pub struct Config {
     /// Who may use a keyless swapd (`swapd.allowedOrigins`, `swapd.allowedHosts`). Kept apart
     /// from `limits` because it changes on reload and holds lists.
     pub access: Access,
+    /// Memory-aware scheduling (`swapd.memory`); `None` keeps llama-swap's behaviour.
+    pub memory: Option<MemoryConfig>,
 }
 
 /// One upstream model server: how to start it and how to reach it.
@@ -292,6 +296,7 @@ impl Default for Config {
             aliases: BTreeMap::new(),
             limits: Limits::default(),
             access: Access::default(),
+            memory: None,
         }
     }
 }

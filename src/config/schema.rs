@@ -59,7 +59,11 @@ pub(crate) const MODEL: &[&str] = &[
     "timeouts",
     "compat",
     "capabilities",
+    "swapd",
 ];
+
+/// swapd-only settings of one model (`models.<id>.swapd`).
+pub(crate) const MODEL_SWAPD: &[&str] = &["memory"];
 
 pub(crate) const FILTERS: &[&str] = &[
     "stripParams",
@@ -95,6 +99,7 @@ pub(crate) const SWAPD: &[&str] = &[
     "logFormat",
     "allowedOrigins",
     "allowedHosts",
+    "memory",
 ];
 
 /// Warns about every key of `mapping` that is not in `known`.

@@ -15,6 +15,7 @@ use super::access::{self, Access, HostRule, OriginRule};
 use super::command::{display_command, split_command, strip_comment_lines};
 use super::error::{ConfigError, KeyPath, Reporter};
 use super::macros::{self, Macro};
+use super::memory;
 use super::schema;
 use super::{
     Config, Filters, GroupConfig, Limits, LogFormat, LogLevel, LogToStdout, ModelConfig,
@@ -650,6 +651,14 @@ pub(crate) fn build(root: Value, reporter: &mut Reporter<'_>) -> Result<Config, 
     let limits = build_limits(&top, reporter)?;
     let log_format = build_log_format(&top, reporter)?;
     let access = build_access(&top, reporter)?;
+    let memory = memory::build(
+        top.mapping("swapd", reporter, "a mapping of swapd settings")?,
+        &top.path("swapd"),
+        &models,
+        &models_path,
+        &memory::mem_total,
+        reporter,
+    )?;
 
     let shared = Globals {
         global_ttl,
@@ -726,6 +735,7 @@ pub(crate) fn build(root: Value, reporter: &mut Reporter<'_>) -> Result<Config, 
         aliases,
         limits,
         access,
+        memory,
     })
 }
 
