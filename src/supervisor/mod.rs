@@ -10,6 +10,7 @@
 pub mod gate;
 pub mod health;
 pub mod matrix;
+pub mod memory;
 pub mod plan;
 pub mod process;
 
