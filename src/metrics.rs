@@ -57,7 +57,7 @@ pub const MAX_LINE_BYTES: usize = 64 * 1024;
 pub const JSON_TAIL_BYTES: usize = 32 * 1024;
 
 /// The eviction reasons that always appear in `swapd_evictions_total`, even at zero.
-const KNOWN_EVICTION_REASONS: [&str; 5] = ["swap", "ttl", "unload", "crash", "abandoned"];
+const KNOWN_EVICTION_REASONS: [&str; 6] = ["swap", "ttl", "unload", "crash", "abandoned", "memory"];
 
 /// The states that always appear in `swapd_model_state`.
 const MODEL_STATES: [&str; 4] = ["stopped", "starting", "ready", "stopping"];

@@ -259,7 +259,8 @@ fn wait_for_lease(
                     AcquireError::TooManyRequests(_) => 429,
                     AcquireError::StartFailed(_)
                     | AcquireError::Unloaded(_)
-                    | AcquireError::ShuttingDown => 503,
+                    | AcquireError::ShuttingDown
+                    | AcquireError::TooLarge(_) => 503,
                     #[allow(unreachable_patterns)] // non_exhaustive for other crates only.
                     _ => 500,
                 };

@@ -100,7 +100,10 @@ pub fn handle(app: &App, request: tiny_http::Request, active: usize) {
             http::send_json(request, 200, &json!({"msg": "ok"}))
         }
         ("GET", "/metrics") => {
-            let text = app.metrics.render(&gauges(app));
+            let mut text = app.metrics.render(&gauges(app));
+            if let Some(memory) = app.supervisor.memory_report() {
+                text.push_str(&memory.render_prometheus());
+            }
             let _ = ResponseWriter::send_whole(
                 request,
                 200,
@@ -581,6 +584,7 @@ fn acquire_error_status(
         AcquireError::StartFailed(_) => (503, Some("model_start_failed"), &[]),
         AcquireError::Unloaded(_) => (503, Some("model_unloaded"), &[]),
         AcquireError::ShuttingDown => (503, Some("shutting_down"), &[]),
+        AcquireError::TooLarge(_) => (503, Some("model_too_large"), &[]),
         #[allow(unreachable_patterns)] // AcquireError is non_exhaustive for other crates only.
         _ => (500, None, &[]),
     }
@@ -721,6 +725,7 @@ fn list_models(app: &App, request: tiny_http::Request) {
 
 fn running(app: &App, request: tiny_http::Request) {
     let config = app.config();
+    let memory = app.supervisor.memory_report();
     let running: Vec<Value> = app
         .supervisor
         .snapshot()
@@ -742,10 +747,17 @@ fn running(app: &App, request: tiny_http::Request) {
             if let Some(description) = &model.description {
                 entry["description"] = json!(description);
             }
+            if let Some(memory) = &memory {
+                entry["memory"] = memory.running_json(&s.model);
+            }
             Some(entry)
         })
         .collect();
-    http::send_json(request, 200, &json!({ "running": running }));
+    let mut body = json!({ "running": running });
+    if let Some(memory) = &memory {
+        body["memory"] = memory.summary_json();
+    }
+    http::send_json(request, 200, &body);
 }
 
 fn unload_one(app: &App, request: tiny_http::Request, name: &str) {

@@ -136,6 +136,20 @@ pub fn decide(
     budgets: Budgets,
     groups: &[GroupConfig],
 ) -> Decision {
+    decide_with_router(target, footprint, running, budgets, groups, None)
+}
+
+/// [`decide`] when the matrix router is in use: `router_evict` (its solution for the target)
+/// replaces the group rules of step 2, and memory rules apply on top of it as they do on top
+/// of groups.
+pub fn decide_with_router(
+    target: &str,
+    footprint: Footprint,
+    running: &[Resident<'_>],
+    budgets: Budgets,
+    groups: &[GroupConfig],
+    router_evict: Option<&[String]>,
+) -> Decision {
     for (kind, budget) in budgets.kinds() {
         if let Some(needed) = footprint.get(kind) {
             if needed > budget {
@@ -152,10 +166,13 @@ pub fn decide(
     let groups = memory_groups(groups);
     let others: Vec<&Resident<'_>> = running.iter().filter(|r| r.id != target).collect();
     let ids: Vec<&str> = others.iter().map(|r| r.id).collect();
-    let swap: Vec<String> = plan::evictions(target, &ids, &groups)
-        .into_iter()
-        .map(str::to_string)
-        .collect();
+    let swap: Vec<String> = match router_evict {
+        Some(evict) => evict.to_vec(),
+        None => plan::evictions(target, &ids, &groups)
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+    };
     if others
         .iter()
         .any(|r| swap.iter().any(|s| s == r.id) && !r.idle)
@@ -605,6 +622,32 @@ mod tests {
         assert_eq!(
             decide("b", Footprint::UNKNOWN, &running, ram_budget(24), &groups),
             start(&[], &["a"])
+        );
+    }
+
+    #[test]
+    fn the_matrix_router_replaces_group_rules_and_memory_applies_on_top() {
+        let t = Instant::now();
+        let running = [
+            resident("a", Some(10), true, 50, t),
+            resident("b", Some(10), true, 5, t),
+        ];
+        // The matrix evicts b; a stays and the 10 GiB target fits next to it.
+        let evict = vec!["b".to_string()];
+        assert_eq!(
+            decide_with_router("c", ram(10), &running, ram_budget(24), &[], Some(&evict)),
+            start(&["b"], &[])
+        );
+        // The matrix keeps both, but 12 GiB does not fit next to their 20: memory evicts a (LRU).
+        assert_eq!(
+            decide_with_router("c", ram(12), &running, ram_budget(24), &[], Some(&[])),
+            start(&[], &["a"])
+        );
+        // A busy model the matrix wants gone makes the swap wait.
+        let busy = [resident("b", Some(1), false, 5, t)];
+        assert_eq!(
+            decide_with_router("c", ram(1), &busy, ram_budget(24), &[], Some(&evict)),
+            Decision::Wait { for_memory: false }
         );
     }
 

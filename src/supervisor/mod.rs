@@ -7,12 +7,15 @@
 //! generation number, so stale reports are recognised and dropped. The loop itself never blocks
 //! except on its own channel.
 
+mod admission;
+pub mod footprints;
 pub mod gate;
 pub mod health;
 pub mod matrix;
 pub mod memory;
 pub mod plan;
 pub mod process;
+pub mod sampler;
 
 use std::collections::{HashMap, VecDeque};
 use std::process::ExitStatus;
@@ -42,6 +45,9 @@ pub enum AcquireError {
     Unloaded(String),
     /// swapd is shutting down.
     ShuttingDown,
+    /// The model's footprint exceeds a whole memory budget (`swapd.memory`); the message
+    /// gives both.
+    TooLarge(String),
 }
 
 impl std::fmt::Display for AcquireError {
@@ -57,6 +63,7 @@ impl std::fmt::Display for AcquireError {
                 )
             }
             AcquireError::ShuttingDown => write!(f, "swapd is shutting down"),
+            AcquireError::TooLarge(message) => write!(f, "{message}"),
         }
     }
 }
@@ -246,6 +253,12 @@ pub enum Command {
     Shutdown {
         done: Sender<()>,
     },
+    /// A memory sample of a running model's process group (see [`sampler`]).
+    Observed {
+        model: String,
+        generation: u64,
+        observed: memory::Footprint,
+    },
     /// Apply a new configuration; the reply says what changed.
     Reconfigure {
         config: Arc<Config>,
@@ -281,6 +294,7 @@ pub struct Supervisor {
     tx: Sender<Command>,
     next_id: Arc<AtomicU64>,
     gates: Gates,
+    memory_report: footprints::ReportHandle,
 }
 
 impl Supervisor {
@@ -306,6 +320,9 @@ impl Supervisor {
         let gates = Gates::default();
         let mut state = State::new(config, logs, metrics, tx.clone(), gates.clone());
         state.systemd = SystemdReport::new(notifier);
+        let memory_report = state.memory_report.clone();
+        state.reconfigure_memory();
+        state.memory_tick();
         state.publish_gates();
         let handle = thread::Builder::new()
             .name("supervisor".to_string())
@@ -316,6 +333,7 @@ impl Supervisor {
                 tx,
                 next_id: Arc::new(AtomicU64::new(1)),
                 gates,
+                memory_report,
             },
             handle,
         )
@@ -409,6 +427,14 @@ impl Supervisor {
     }
 
     /// The state of every configured model.
+    /// What memory-aware scheduling knows (budgets, footprints), or `None` when it is off.
+    pub fn memory_report(&self) -> Option<footprints::MemoryReport> {
+        self.memory_report
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     pub fn snapshot(&self) -> Vec<ModelStatus> {
         let (reply, rx) = crossbeam_channel::bounded(1);
         if self.tx.send(Command::Snapshot { reply }).is_err() {
@@ -452,6 +478,8 @@ struct Pending {
     model: String,
     reply: Sender<Reply>,
     hold: bool,
+    /// When this request first had to wait for memory (`swapd.memory`).
+    memory_wait: Option<Instant>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -464,6 +492,8 @@ enum StopReason {
     Reload,
     /// Every request waiting for the start was withdrawn and no explicit load holds it.
     Abandoned,
+    /// Evicted to make room under `swapd.memory`.
+    Memory,
 }
 
 struct Slot {
@@ -554,6 +584,9 @@ struct State {
     systemd: SystemdReport,
     /// Logs and counts the matrix router's decisions once each.
     matrix_log: plan::DecisionLog,
+    /// Memory-aware scheduling; `None` unless `swapd.memory` is configured.
+    memory: Option<footprints::MemoryState>,
+    memory_report: footprints::ReportHandle,
 }
 
 /// What the supervisor tells systemd, and when it last did.
@@ -601,6 +634,8 @@ impl State {
             gates,
             systemd: SystemdReport::new(Arc::new(Notifier::disabled())),
             matrix_log: plan::DecisionLog::default(),
+            memory: None,
+            memory_report: footprints::ReportHandle::default(),
         }
     }
 
@@ -660,6 +695,7 @@ impl State {
             self.on_timers(Instant::now());
             self.retire_drained();
             self.pump();
+            self.memory_tick();
             self.report_to_systemd(Instant::now());
             if self.shutting_down && self.slots.values().all(|s| s.phase == Phase::Stopped) {
                 self.shutdown_done.clear();
@@ -718,6 +754,11 @@ impl State {
                 statuses.sort_by(|a, b| a.model.cmp(&b.model));
                 let _ = reply.send(statuses);
             }
+            Command::Observed {
+                model,
+                generation,
+                observed,
+            } => self.on_observed(&model, generation, observed),
             Command::Reconfigure { config, reply } => {
                 let summary = self.on_reconfigure(config);
                 let _ = reply.send(summary);
@@ -852,6 +893,7 @@ impl State {
             model,
             reply,
             hold,
+            memory_wait: None,
         });
     }
 
@@ -878,10 +920,16 @@ impl State {
             return;
         }
         let mut index = 0;
+        let mut memory_blocked = false;
         while index < self.queue.len() {
             let model = self.queue[index].model.clone();
             let phase = self.slots[&model].phase;
             match phase {
+                Phase::Stopped if self.memory.is_some() => {
+                    if !self.admit_with_memory(index, &mut memory_blocked) {
+                        index += 1;
+                    }
+                }
                 Phase::Ready if self.slots[&model].retiring() => index += 1,
                 Phase::Ready => {
                     let pending = self.queue.remove(index).expect("index is in bounds");
@@ -1252,6 +1300,7 @@ impl State {
             }
         }
         self.config = config;
+        self.reconfigure_memory();
         let ids: Vec<String> = self.slots.keys().cloned().collect();
         for id in ids {
             if self.slots[&id].retiring() {
@@ -1321,6 +1370,7 @@ impl State {
             StopReason::Ttl => self.metrics.record_eviction("ttl"),
             StopReason::Unload => self.metrics.record_eviction("unload"),
             StopReason::Abandoned => self.metrics.record_eviction("abandoned"),
+            StopReason::Memory => self.metrics.record_eviction("memory"),
             StopReason::StartFailed | StopReason::Shutdown | StopReason::Reload => {}
         }
         slot.phase = Phase::Stopping;
