@@ -43,12 +43,15 @@ struct Opts {
     pid_file: Option<String>,
     /// Append every request as one JSON line (`{method, path, body}`) to this file.
     request_log: Option<String>,
+    /// Allocate this many MiB and touch every page, so the process stays that much resident
+    /// (the memory-aware scheduling tests measure it).
+    hold_mib: usize,
 }
 
 const USAGE: &str = "usage: fake-upstream --port N [--model NAME] [--startup-delay-ms N] \
 [--listen-delay-ms N] [--ignore-sigterm] [--exit-after-ms N] [--exit-immediately CODE] \
 [--fork-grandchild] [--close-after-stream] [--stream-interval-ms N] [--stream-chunks N] \
-[--pid-file PATH] [--request-log PATH] [-m MODEL_FILE]";
+[--pid-file PATH] [--request-log PATH] [--hold-mib N] [-m MODEL_FILE]";
 
 fn parse_args() -> Result<Opts, String> {
     let mut o = Opts {
@@ -65,6 +68,7 @@ fn parse_args() -> Result<Opts, String> {
         stream_chunks: 5,
         pid_file: None,
         request_log: None,
+        hold_mib: 0,
     };
     let mut port = None;
     let mut args = std::env::args().skip(1);
@@ -91,6 +95,7 @@ fn parse_args() -> Result<Opts, String> {
             "--stream-chunks" => o.stream_chunks = num(&flag, value()?)?,
             "--pid-file" => o.pid_file = Some(value()?),
             "--request-log" => o.request_log = Some(value()?),
+            "--hold-mib" => o.hold_mib = num(&flag, value()?)?,
             // llama-server's model file: accepted (and ignored) so that configs can name a
             // GGUF file for swapd to read details from.
             "-m" => {
@@ -105,6 +110,16 @@ fn parse_args() -> Result<Opts, String> {
     }
     o.port = port.ok_or(format!("--port is required\n{USAGE}"))?;
     Ok(o)
+}
+
+/// Allocates `mib` MiB and writes one non-zero byte per 4 KiB page.
+fn hold_memory(mib: usize) -> Vec<u8> {
+    let mut block = vec![0u8; mib << 20];
+    for page in block.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    std::hint::black_box(&block);
+    block
 }
 
 /// Parses a flag's numeric value.
@@ -151,6 +166,12 @@ fn main() {
             eprintln!("fake-upstream: simulated crash after {ms} ms");
             exit(3);
         });
+    }
+    // Kept until the process exits; written page by page so every page is really resident
+    // (an untouched allocation would only reserve address space).
+    let held = hold_memory(opts.hold_mib);
+    if !held.is_empty() {
+        eprintln!("fake-upstream: holding {} MiB resident", opts.hold_mib);
     }
     thread::sleep(Duration::from_millis(opts.listen_delay_ms));
     let listener = match TcpListener::bind(("127.0.0.1", opts.port)) {

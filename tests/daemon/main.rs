@@ -4,6 +4,7 @@ mod cli;
 mod common;
 mod lifecycle;
 mod logs;
+mod memory;
 mod observability;
 mod ollama;
 mod ops;
