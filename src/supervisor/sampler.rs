@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
@@ -46,22 +46,29 @@ pub fn start(tx: Sender<Command>) -> Sender<Vec<Target>> {
 fn run(targets_rx: &Receiver<Vec<Target>>, tx: &Sender<Command>) {
     let mut targets: Vec<Target> = Vec::new();
     let nvidia_smi = find_on_path("nvidia-smi");
+    // A fixed cadence: changes of the target list do not push the next sample back, so a
+    // busy swapd (models starting and stopping often) is still measured every INTERVAL.
+    let mut next_sample = Instant::now() + INTERVAL;
     loop {
         let next = if targets.is_empty() {
             targets_rx
                 .recv()
                 .map_err(|_| RecvTimeoutError::Disconnected)
         } else {
-            targets_rx.recv_timeout(INTERVAL)
+            targets_rx.recv_deadline(next_sample)
         };
         match next {
             Ok(new_targets) => {
+                if targets.is_empty() {
+                    next_sample = Instant::now() + INTERVAL;
+                }
                 targets = new_targets;
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => return,
             Err(RecvTimeoutError::Timeout) => {}
         }
+        next_sample = Instant::now() + INTERVAL;
         let gpu = gpu_usage(nvidia_smi.as_deref(), targets.len());
         let members = process_groups(targets.iter().map(|t| t.pid));
         for target in &targets {

@@ -283,6 +283,37 @@ fn a_learned_footprint_is_reused_after_a_restart() {
 }
 
 #[test]
+fn models_that_outgrow_their_footprints_evict_the_least_recently_used_idle_one() {
+    let dir = TempDir::new("memory-growth");
+    let marker = dir.path().to_str().expect("utf-8").to_string();
+    let _guard = KillMarked(marker.clone());
+    let ports = free_port_range(2);
+    // Each declares 10 MiB but holds 40: together they fit the 64 MiB budget on paper, and
+    // exceed it (plus the 16 MiB reserve) once measured.
+    let models = [
+        model("a", ports, 40, Some(10), &marker),
+        model("b", ports + 1, 40, Some(10), &marker),
+    ];
+    let daemon = Daemon::start(&memory_config(
+        "64MiB",
+        &dir.path().join("state.json"),
+        &models,
+    ));
+    chat_ok(&daemon, "a");
+    chat_ok(&daemon, "b");
+    daemon.wait_running(&["b"]);
+    assert_eq!(
+        metric(&daemon, "swapd_evictions_total{reason=\"memory\"}"),
+        Some(1.0)
+    );
+    let log = get(&daemon.url("/logs")).body;
+    assert!(
+        log.contains("stopping the least recently used idle model a"),
+        "{log}"
+    );
+}
+
+#[test]
 fn a_corrupt_state_file_is_a_warning_not_a_failure() {
     let dir = TempDir::new("memory-corrupt");
     let marker = dir.path().to_str().expect("utf-8").to_string();
