@@ -229,7 +229,9 @@ impl Daemon {
     /// Pids of the fake upstreams this daemon started (their command line has our temp dir
     /// or the model's marker).
     pub fn children(&self) -> Vec<u32> {
-        pids_with_cmdline(self.dir.path().to_str().expect("utf-8"))
+        // With the trailing slash: temp dir `…-1` must not match another test's `…-12`, whose
+        // swapd and children this daemon's drop would otherwise kill.
+        pids_with_cmdline(&format!("{}/", self.dir.path().to_str().expect("utf-8")))
             .into_iter()
             .filter(|&pid| pid != self.pid())
             .collect()

@@ -68,7 +68,7 @@ fn chat_ok(daemon: &Daemon, model: &str) {
 fn two_models_that_fit_coreside_and_a_third_evicts_the_least_recently_used() {
     let dir = TempDir::new("memory-fit");
     let marker = dir.path().to_str().expect("utf-8").to_string();
-    let _guard = KillMarked(marker.clone());
+    let _guard = KillMarked(format!("{marker}/"));
     let ports = free_port_range(3);
     let models = [
         model("a", ports, 16, Some(40), &marker),
@@ -147,7 +147,7 @@ fn read_stream(stream: &mut std::net::TcpStream) -> String {
 fn a_busy_model_is_never_evicted_and_the_newcomer_waits_until_it_drains() {
     let dir = TempDir::new("memory-busy");
     let marker = dir.path().to_str().expect("utf-8").to_string();
-    let _guard = KillMarked(marker.clone());
+    let _guard = KillMarked(format!("{marker}/"));
     let ports = free_port_range(3);
     let models = [
         model("a", ports, 0, Some(40), &marker),
@@ -205,7 +205,7 @@ fn a_busy_model_is_never_evicted_and_the_newcomer_waits_until_it_drains() {
 fn an_oversized_model_gets_a_503_at_once() {
     let dir = TempDir::new("memory-big");
     let marker = dir.path().to_str().expect("utf-8").to_string();
-    let _guard = KillMarked(marker.clone());
+    let _guard = KillMarked(format!("{marker}/"));
     let ports = free_port_range(2);
     let models = [
         model("a", ports, 0, Some(40), &marker),
@@ -234,7 +234,7 @@ fn an_oversized_model_gets_a_503_at_once() {
 fn a_learned_footprint_is_reused_after_a_restart() {
     let dir = TempDir::new("memory-learned");
     let marker = dir.path().to_str().expect("utf-8").to_string();
-    let _guard = KillMarked(marker.clone());
+    let _guard = KillMarked(format!("{marker}/"));
     let state_file = dir.path().join("footprints.json");
     let ports = free_port_range(2);
     // a declares nothing and holds 64 MiB; b declares 32 MiB.
@@ -286,7 +286,7 @@ fn a_learned_footprint_is_reused_after_a_restart() {
 fn models_that_outgrow_their_footprints_evict_the_least_recently_used_idle_one() {
     let dir = TempDir::new("memory-growth");
     let marker = dir.path().to_str().expect("utf-8").to_string();
-    let _guard = KillMarked(marker.clone());
+    let _guard = KillMarked(format!("{marker}/"));
     let ports = free_port_range(2);
     // Each declares 10 MiB but holds 40: together they fit the 64 MiB budget on paper, and
     // exceed it (plus the 16 MiB reserve) once measured.
@@ -317,7 +317,7 @@ fn models_that_outgrow_their_footprints_evict_the_least_recently_used_idle_one()
 fn a_corrupt_state_file_is_a_warning_not_a_failure() {
     let dir = TempDir::new("memory-corrupt");
     let marker = dir.path().to_str().expect("utf-8").to_string();
-    let _guard = KillMarked(marker.clone());
+    let _guard = KillMarked(format!("{marker}/"));
     let state_file = dir.path().join("footprints.json");
     std::fs::write(&state_file, "{ this is not json").expect("write the state file");
     let ports = free_port_range(1);
@@ -341,7 +341,7 @@ fn gpu_memory_per_process_comes_from_nvidia_smi() {
     // is not ours. On a real NVIDIA host the real nvidia-smi prints the same CSV shape.
     let dir = TempDir::new("memory-gpu");
     let marker = dir.path().to_str().expect("utf-8").to_string();
-    let _guard = KillMarked(marker.clone());
+    let _guard = KillMarked(format!("{marker}/"));
     let bin = dir.path().join("bin");
     std::fs::create_dir_all(&bin).expect("create bin dir");
     let script = format!(
