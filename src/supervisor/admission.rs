@@ -56,15 +56,21 @@ impl State {
     /// request left the queue (started, or refused). `blocked` keeps the queue first in, first
     /// out: once one request waits for memory, later ones do not start models before it.
     pub(super) fn admit_with_memory(&mut self, index: usize, blocked: &mut bool) -> bool {
-        if *blocked {
-            return false;
-        }
         let model = self.queue[index].model.clone();
         let Some(memory) = &self.memory else {
             return false;
         };
         let cmd = &self.slots[&model].config.cmd_display;
         let footprint = memory.footprint(&model, cmd);
+        if *blocked {
+            // Behind a waiting request nothing starts, but a model that can never fit is
+            // still refused at once rather than after the queue ahead of it drained.
+            let Some(message) = memory::too_large(&model, footprint, memory.budgets) else {
+                return false;
+            };
+            self.reject_too_large(index, message);
+            return true;
+        }
         // With the matrix router, its solution replaces the group rules; memory applies on top.
         let router_plan = self.config.matrix.is_some().then(|| {
             let running: Vec<&str> = self
@@ -85,11 +91,7 @@ impl State {
         );
         match decision {
             Decision::Reject(message) => {
-                log::warn!(model = model.as_str(); "{message}");
-                let pending = self.queue.remove(index).expect("index is in bounds");
-                let _ = pending
-                    .reply
-                    .send(Reply::Failed(AcquireError::TooLarge(message)));
+                self.reject_too_large(index, message);
                 true
             }
             Decision::Wait { for_memory } => {
@@ -144,6 +146,14 @@ impl State {
                 false
             }
         }
+    }
+
+    fn reject_too_large(&mut self, index: usize, message: String) {
+        log::warn!(model = self.queue[index].model.as_str(); "{message}");
+        let pending = self.queue.remove(index).expect("index is in bounds");
+        let _ = pending
+            .reply
+            .send(Reply::Failed(AcquireError::TooLarge(message)));
     }
 
     /// Starts `model` for one request and answers or parks it, as `pump` does without memory.

@@ -150,18 +150,8 @@ pub fn decide_with_router(
     groups: &[GroupConfig],
     router_evict: Option<&[String]>,
 ) -> Decision {
-    for (kind, budget) in budgets.kinds() {
-        if let Some(needed) = footprint.get(kind) {
-            if needed > budget {
-                return Decision::Reject(format!(
-                    "model '{target}' needs {} of {} but the whole {} budget is {}",
-                    human_bytes(needed),
-                    kind.label(),
-                    kind.label(),
-                    human_bytes(budget)
-                ));
-            }
-        }
+    if let Some(message) = too_large(target, footprint, budgets) {
+        return Decision::Reject(message);
     }
     let groups = memory_groups(groups);
     let others: Vec<&Resident<'_>> = running.iter().filter(|r| r.id != target).collect();
@@ -238,6 +228,22 @@ pub fn decide_with_router(
     } else {
         Decision::Wait { for_memory: true }
     }
+}
+
+/// The 503 message for a target whose known footprint exceeds a whole budget, if it does.
+pub fn too_large(target: &str, footprint: Footprint, budgets: Budgets) -> Option<String> {
+    budgets.kinds().find_map(|(kind, budget)| {
+        let needed = footprint.get(kind)?;
+        (needed > budget).then(|| {
+            format!(
+                "model '{target}' needs {} of {} but the whole {} budget is {}",
+                human_bytes(needed),
+                kind.label(),
+                kind.label(),
+                human_bytes(budget)
+            )
+        })
+    })
 }
 
 /// Which idle model to evict because the observed total exceeds a budget by more than

@@ -148,11 +148,12 @@ fn a_busy_model_is_never_evicted_and_the_newcomer_waits_until_it_drains() {
     let dir = TempDir::new("memory-busy");
     let marker = dir.path().to_str().expect("utf-8").to_string();
     let _guard = KillMarked(format!("{marker}/"));
-    let ports = free_port_range(3);
+    let ports = free_port_range(4);
     let models = [
         model("a", ports, 0, Some(40), &marker),
         model("b", ports + 1, 0, Some(40), &marker),
         model("c", ports + 2, 0, Some(70), &marker),
+        model("big", ports + 3, 0, Some(200), &marker),
     ];
     let daemon = Daemon::start(&memory_config(
         "100MiB",
@@ -189,6 +190,13 @@ fn a_busy_model_is_never_evicted_and_the_newcomer_waits_until_it_drains() {
         states.contains(&("a".to_string(), "ready".to_string()))
             && states.contains(&("b".to_string(), "ready".to_string())),
         "a (busy) and b stay while c waits: {states:?}"
+    );
+    // Behind the waiting c, a model that can never fit is still refused at once.
+    let reply = post_json(&daemon.url("/v1/chat/completions"), &chat("big"));
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert!(
+        entry(&daemon.running(), "c").is_none(),
+        "c is still waiting for a to drain"
     );
     let body = read_stream(&mut slow);
     assert!(body.contains("[DONE]"), "a's stream was cut: {body}");
