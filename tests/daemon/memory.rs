@@ -322,6 +322,42 @@ fn models_that_outgrow_their_footprints_evict_the_least_recently_used_idle_one()
 }
 
 #[test]
+fn explicit_groups_keep_their_rules_on_top_of_memory() {
+    let dir = TempDir::new("memory-groups");
+    let marker = dir.path().to_str().expect("utf-8").to_string();
+    let _guard = KillMarked(format!("{marker}/"));
+    let ports = free_port_range(4);
+    let models = [
+        model("a", ports, 0, Some(10), &marker),
+        model("b", ports + 1, 0, Some(10), &marker),
+        model("c", ports + 2, 0, Some(10), &marker),
+        model("solo", ports + 3, 0, Some(10), &marker),
+    ];
+    let mut config = memory_config("100MiB", &dir.path().join("state.json"), &models);
+    config.push_str(
+        "groups:\n  pair:\n    swap: true\n    exclusive: false\n    members: [a, b]\n  alone:\n    members: [solo]\n",
+    );
+    let daemon = Daemon::start(&config);
+    chat_ok(&daemon, "a");
+    chat_ok(&daemon, "c");
+    daemon.wait_running(&["a", "c"]);
+    // Everything would fit, but the pair swaps its members: b replaces a, c stays.
+    chat_ok(&daemon, "b");
+    daemon.wait_running(&["b", "c"]);
+    // An exclusive group (the default for explicit groups) still unloads the others.
+    chat_ok(&daemon, "solo");
+    daemon.wait_running(&["solo"]);
+    assert_eq!(
+        metric(&daemon, "swapd_evictions_total{reason=\"memory\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&daemon, "swapd_evictions_total{reason=\"swap\"}"),
+        Some(3.0)
+    );
+}
+
+#[test]
 fn a_corrupt_state_file_is_a_warning_not_a_failure() {
     let dir = TempDir::new("memory-corrupt");
     let marker = dir.path().to_str().expect("utf-8").to_string();
