@@ -46,6 +46,41 @@ pub struct DeclaredFootprint {
     pub gpu: Option<u64>,
 }
 
+impl MemoryConfig {
+    /// One line for `--check-config`: budgets, reserve and declared footprints.
+    pub fn summary(&self) -> String {
+        let ram = self.ram.map_or("none".to_string(), human_bytes);
+        let gpu = match self.gpu {
+            None => "none".to_string(),
+            Some(GpuBudget::Auto) => "auto".to_string(),
+            Some(GpuBudget::Bytes(bytes)) => human_bytes(bytes),
+        };
+        let declared: Vec<String> = self
+            .declared
+            .iter()
+            .map(|(id, d)| {
+                let part = |kind: &str, value: Option<u64>| {
+                    value.map(|bytes| format!("{kind} {}", human_bytes(bytes)))
+                };
+                let parts: Vec<String> = [part("ram", d.ram), part("gpu", d.gpu)]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                format!("{id} ({})", parts.join(", "))
+            })
+            .collect();
+        format!(
+            "memory-aware scheduling: ram {ram}, gpu {gpu}, reserve {}; declared: {}",
+            human_bytes(self.reserve),
+            if declared.is_empty() {
+                "none".to_string()
+            } else {
+                declared.join(", ")
+            }
+        )
+    }
+}
+
 const MEMORY: &[&str] = &["ram", "gpu", "reserve", "stateFile"];
 const MODEL_MEMORY: &[&str] = &["ram", "gpu"];
 const GIB: u64 = 1024 * 1024 * 1024;
@@ -344,6 +379,10 @@ mod tests {
             })
         );
         assert_eq!(memory.declared.get("b"), None);
+        assert_eq!(
+            memory.summary(),
+            "memory-aware scheduling: ram 48.0 GiB, gpu auto, reserve 512.0 MiB; declared: a (ram 2.0 GiB, gpu 21.0 GiB)"
+        );
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     }
 

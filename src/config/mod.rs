@@ -457,6 +457,9 @@ impl Config {
         if !self.preload.is_empty() {
             let _ = writeln!(out, "preload: {}", self.preload.join(", "));
         }
+        if let Some(memory) = &self.memory {
+            let _ = writeln!(out, "{}", memory.summary());
+        }
         if let Some(matrix) = &self.matrix {
             let names: Vec<&str> = matrix.sets.iter().map(|set| set.name.as_str()).collect();
             let _ = writeln!(out, "router: matrix, sets in order: {}", names.join(", "));
