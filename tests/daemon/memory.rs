@@ -358,6 +358,47 @@ fn explicit_groups_keep_their_rules_on_top_of_memory() {
 }
 
 #[test]
+fn a_reload_switches_memory_aware_scheduling_on_and_off() {
+    let dir = TempDir::new("memory-reload");
+    let marker = dir.path().to_str().expect("utf-8").to_string();
+    let _guard = KillMarked(format!("{marker}/"));
+    let ports = free_port_range(2);
+    let models = [
+        model("a", ports, 0, Some(10), &marker),
+        model("b", ports + 1, 0, Some(10), &marker),
+    ];
+    let with_memory = memory_config("100MiB", &dir.path().join("state.json"), &models);
+    let without = format!("healthCheckTimeout: 15\nmodels:\n{}", models.concat());
+    let daemon = Daemon::start(&without);
+    let reload = |text: &str| {
+        let path = daemon.dir.path().join("config.yaml");
+        let temporary = daemon.dir.path().join("config.yaml.tmp");
+        std::fs::write(&temporary, text.replace("{FAKE}", FAKE)).expect("write config");
+        std::fs::rename(&temporary, &path).expect("rename config");
+        let reply = post_raw(&daemon.url("/api/config/reload"), "application/json", b"");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    };
+    // Without swapd.memory, the default group swaps.
+    chat_ok(&daemon, "a");
+    chat_ok(&daemon, "b");
+    daemon.wait_running(&["b"]);
+    assert!(daemon.running().get("memory").is_none());
+    reload(&with_memory);
+    chat_ok(&daemon, "a");
+    daemon.wait_running(&["a", "b"]);
+    assert_eq!(daemon.running()["memory"]["budget"]["ram"], 100 * MIB);
+    // Off again: the next start swaps as before.
+    reload(&without);
+    daemon.pid_of("a").expect("a still runs");
+    assert!(daemon.running().get("memory").is_none());
+    let reply = post_raw(&daemon.url("/api/models/unload/b"), "application/json", b"");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    daemon.wait_running(&["a"]);
+    chat_ok(&daemon, "b");
+    daemon.wait_running(&["b"]);
+}
+
+#[test]
 fn a_corrupt_state_file_is_a_warning_not_a_failure() {
     let dir = TempDir::new("memory-corrupt");
     let marker = dir.path().to_str().expect("utf-8").to_string();
