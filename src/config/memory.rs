@@ -34,7 +34,7 @@ pub struct MemoryConfig {
 /// `swapd.memory.gpu`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GpuBudget {
-    /// Total VRAM of the (smallest) GPU minus `reserve`, read when swapd starts.
+    /// Total VRAM (all GPUs as one pool) minus `reserve`, read when swapd starts.
     Auto,
     Bytes(u64),
 }

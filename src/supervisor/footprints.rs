@@ -367,7 +367,7 @@ impl MemoryState {
     }
 }
 
-/// The budgets with `gpu: auto` resolved against the smallest GPU's memory (`None` when no
+/// The budgets with `gpu: auto` resolved against the GPUs' total memory (`None` when no
 /// GPU could be read, with a warning).
 pub fn resolve_budgets(config: &MemoryConfig, gpu_total: Option<u64>) -> Budgets {
     let gpu = match config.gpu {

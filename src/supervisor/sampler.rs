@@ -146,8 +146,9 @@ fn gpu_usage(nvidia_smi: Option<&Path>, running: usize) -> GpuUsage {
         };
     }
     if running == 1 {
-        if let Some(used) = amd_vram("mem_info_vram_used").into_iter().max() {
-            return GpuUsage::DeviceTotal(used);
+        let used = amd_vram("mem_info_vram_used");
+        if !used.is_empty() {
+            return GpuUsage::DeviceTotal(used.iter().sum());
         }
     }
     GpuUsage::None
@@ -174,19 +175,21 @@ pub fn parse_gpu_totals(text: &str) -> Vec<u64> {
         .collect()
 }
 
-/// The memory of the smallest GPU, for `gpu: auto`: from `nvidia-smi` when on `PATH`, else
-/// from AMD's sysfs. `None` when neither is available.
+/// The memory of all GPUs together, for `gpu: auto`: from `nvidia-smi` when on `PATH`, else
+/// from AMD's sysfs. `None` when neither is available. GPUs are one pool because per-process
+/// usage is summed over GPUs too (a model split over two cards counts both shares).
+/// On a single-GPU host, which is the common case, this is simply that card's memory.
 pub fn gpu_total() -> Option<u64> {
     if let Some(program) = find_on_path("nvidia-smi") {
         let output = Process::new(program)
             .args(["--query-gpu=memory.total", "--format=csv,noheader,nounits"])
             .output()
             .ok()?;
-        return parse_gpu_totals(&String::from_utf8_lossy(&output.stdout))
-            .into_iter()
-            .min();
+        let totals = parse_gpu_totals(&String::from_utf8_lossy(&output.stdout));
+        return (!totals.is_empty()).then(|| totals.iter().sum());
     }
-    amd_vram("mem_info_vram_total").into_iter().min()
+    let totals = amd_vram("mem_info_vram_total");
+    (!totals.is_empty()).then(|| totals.iter().sum())
 }
 
 /// One value per AMD card from `/sys/class/drm/card*/device/<file>`.
