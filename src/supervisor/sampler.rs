@@ -125,22 +125,17 @@ pub enum GpuUsage {
 
 fn gpu_usage(nvidia_smi: Option<&Path>, running: usize) -> GpuUsage {
     if let Some(program) = nvidia_smi {
-        let output = Process::new(program)
-            .args([
+        let output = run_tool(
+            program,
+            &[
                 "--query-compute-apps=pid,used_memory",
                 "--format=csv,noheader,nounits",
-            ])
-            .output();
+            ],
+        );
         return match output {
-            Ok(output) if output.status.success() => {
-                GpuUsage::PerProcess(parse_compute_apps(&String::from_utf8_lossy(&output.stdout)))
-            }
-            Ok(output) => {
-                log::debug!("nvidia-smi failed with {}", output.status);
-                GpuUsage::None
-            }
+            Ok(text) => GpuUsage::PerProcess(parse_compute_apps(&text)),
             Err(error) => {
-                log::debug!("nvidia-smi could not run: {error}");
+                log::debug!("nvidia-smi: {error}");
                 GpuUsage::None
             }
         };
@@ -181,15 +176,62 @@ pub fn parse_gpu_totals(text: &str) -> Vec<u64> {
 /// On a single-GPU host, which is the common case, this is simply that card's memory.
 pub fn gpu_total() -> Option<u64> {
     if let Some(program) = find_on_path("nvidia-smi") {
-        let output = Process::new(program)
-            .args(["--query-gpu=memory.total", "--format=csv,noheader,nounits"])
-            .output()
-            .ok()?;
-        let totals = parse_gpu_totals(&String::from_utf8_lossy(&output.stdout));
+        let text = run_tool(
+            &program,
+            &["--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+        )
+        .map_err(|error| log::warn!("nvidia-smi: {error}"))
+        .ok()?;
+        let totals = parse_gpu_totals(&text);
         return (!totals.is_empty()).then(|| totals.iter().sum());
     }
     let totals = amd_vram("mem_info_vram_total");
     (!totals.is_empty()).then(|| totals.iter().sum())
+}
+
+/// How long `nvidia-smi` may take before it is killed: a wedged driver can make it hang, and
+/// resolving `gpu: auto` on a reload runs on the supervisor thread.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs a short-lived tool and returns its standard output, killing it after
+/// [`TOOL_TIMEOUT`]. Its output is small (a line per GPU or process), far below a pipe's
+/// buffer, so it cannot block writing while we wait for it to exit.
+fn run_tool(program: &Path, args: &[&str]) -> Result<String, String> {
+    let mut child = Process::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|error| format!("cannot run {}: {error}", program.display()))?;
+    let deadline = Instant::now() + TOOL_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{} took longer than {TOOL_TIMEOUT:?}",
+                    program.display()
+                ));
+            }
+            Err(error) => return Err(format!("waiting for {}: {error}", program.display())),
+        }
+    };
+    let mut text = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        use std::io::Read as _;
+        let _ = stdout.read_to_string(&mut text);
+    }
+    if status.success() {
+        Ok(text)
+    } else {
+        Err(format!("{} failed with {status}", program.display()))
+    }
 }
 
 /// One value per AMD card from `/sys/class/drm/card*/device/<file>`.
@@ -300,6 +342,17 @@ mod tests {
             ]
         );
         assert_eq!(parse_compute_apps("No running processes found\n"), vec![]);
+    }
+
+    #[test]
+    fn tools_are_run_with_a_time_limit() {
+        let echo = find_on_path("echo").expect("echo is on PATH");
+        assert_eq!(run_tool(&echo, &["12, 34"]), Ok("12, 34\n".to_string()));
+        let sleep = find_on_path("sleep").expect("sleep is on PATH");
+        let error = run_tool(&sleep, &["30"]).expect_err("sleep 30 outlives the limit");
+        assert!(error.contains("took longer"), "{error}");
+        let false_ = find_on_path("false").expect("false is on PATH");
+        assert!(run_tool(&false_, &[]).is_err());
     }
 
     #[test]
