@@ -127,9 +127,9 @@ impl State {
                         self.matrix_log
                             .note(&model, router_plan, &self.config, &self.metrics);
                     }
-                    if !swap.is_empty() {
-                        self.metrics.record_swap();
-                    }
+                    // A swap in `swapd_swaps_total`'s sense (models stopped to make room),
+                    // whichever rule asked for it; the evictions carry the reason.
+                    self.metrics.record_swap();
                     // Every stop uses the stopped model's unloadTimeout, as in `pump`.
                     for id in &swap {
                         log::info!(model = model.as_str(); "swapping: stopping {id} to load {model}");
