@@ -914,6 +914,7 @@ const FOREVER: Duration = Duration::from_nanos(i64::MAX as u64);
 fn ps(app: &App, request: tiny_http::Request) {
     let config = app.config();
     let now = SystemTime::now();
+    let memory = app.supervisor.memory_report();
     let mut running: Vec<(Duration, Value)> = app
         .supervisor
         .snapshot()
@@ -931,8 +932,12 @@ fn ps(app: &App, request: tiny_http::Request) {
                 "digest": catalog::digest(model, &file),
                 "details": catalog::details(&file),
                 "expires_at": catalog::timestamp(now + left),
-                // swapd does not measure GPU memory per model.
-                "size_vram": 0,
+                // GPU memory is measured only under `swapd.memory` (and with nvidia-smi).
+                "size_vram": memory
+                    .as_ref()
+                    .and_then(|m| m.models.get(&status.model))
+                    .and_then(|m| m.observed.gpu)
+                    .unwrap_or(0),
             });
             if let Some(context) = catalog::context_size(&model.cmd) {
                 entry["context_length"] = json!(context);

@@ -469,6 +469,9 @@ fn gpu_memory_per_process_comes_from_nvidia_smi() {
         entry(&daemon.running(), "a")?["memory"]["observed"]["gpu"].as_u64()
     });
     assert_eq!(gpu, 5000 * MIB, "only a's own pid counts");
+    // Ollama clients see it too.
+    let ps = get_json(&daemon.url("/api/ps"));
+    assert_eq!(ps["models"][0]["size_vram"], 5000 * MIB, "{ps}");
     // b declares 22 GiB of GPU memory: with a's 5000 MiB learned, 23 GiB cannot hold both, so
     // the idle a is evicted for memory.
     chat_ok(&daemon, "b");
