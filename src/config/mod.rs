@@ -18,11 +18,14 @@ mod error;
 mod macros;
 mod matrix;
 mod memory;
+mod peers;
 mod scan;
 mod schema;
 mod selectors;
 mod sources;
 mod typed;
+
+pub use peers::{PeerConfig, PeerRoute, Peers, DEFAULT_PEER_CONNECT_TIMEOUT};
 
 #[cfg(test)]
 mod tests;
@@ -174,6 +177,8 @@ pub struct Config {
     pub access: Access,
     /// Memory-aware scheduling (`swapd.memory`); `None` keeps llama-swap's behaviour.
     pub memory: Option<MemoryConfig>,
+    /// Other OpenAI-compatible servers whose models swapd routes to (`peers`).
+    pub peers: Peers,
 }
 
 /// One upstream model server: how to start it and how to reach it.
@@ -297,6 +302,7 @@ impl Default for Config {
             limits: Limits::default(),
             access: Access::default(),
             memory: None,
+            peers: Peers::default(),
         }
     }
 }

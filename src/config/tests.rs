@@ -963,10 +963,10 @@ const INVALID: &[(&str, &str, &str, Option<usize>)] = &[
         Some(3),
     ),
     (
-        "models:\n  a: {cmd: \"srv --port ${PORT}\"}\npeers:\n  remote:\n    proxy: http://x\n    models: [m]\n",
-        "peers",
-        "swapd does not support llama-swap's `peers` yet",
-        Some(3),
+        "models:\n  a: {cmd: \"srv --port ${PORT}\"}\npeers:\n  remote:\n    proxy: http://x\n",
+        "peers.remote.models",
+        "a peer needs a non-empty list of the models it serves",
+        Some(4),
     ),
     (
         "models:\n  a: {cmd: \"srv --port ${PORT}\", aliases: [al]}\n  b: {cmd: \"srv --port ${PORT}\"}\nprofiles:\n  p: {pins: {x: nope}}\n",

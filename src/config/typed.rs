@@ -314,7 +314,7 @@ impl<'m> Fields<'m> {
     }
 
     /// A whole number of seconds that must not be negative.
-    fn seconds(
+    pub(crate) fn seconds(
         &self,
         key: &str,
         reporter: &Reporter<'_>,
@@ -331,7 +331,7 @@ impl<'m> Fields<'m> {
     }
 
     /// A count or size that must be greater than zero.
-    fn positive(
+    pub(crate) fn positive(
         &self,
         key: &str,
         reporter: &Reporter<'_>,
@@ -350,24 +350,6 @@ impl<'m> Fields<'m> {
 
 fn seconds(value: i64) -> Duration {
     Duration::from_secs(u64::try_from(value).unwrap_or(0))
-}
-
-/// Fails on llama-swap features swapd does not implement, rather than silently routing
-/// differently from what the config asks for.
-fn reject_unsupported(root: &Mapping, reporter: &Reporter<'_>) -> Result<(), ConfigError> {
-    let features = [("peers", "swapd does not support llama-swap's `peers` yet")];
-    for (key, message) in features {
-        let used = match root.get(key) {
-            None | Some(Value::Null) => false,
-            Some(Value::Mapping(mapping)) => !mapping.is_empty(),
-            Some(Value::Sequence(items)) => !items.is_empty(),
-            Some(_) => true,
-        };
-        if used {
-            return Err(reporter.error(&KeyPath::root().key(key), message));
-        }
-    }
-    Ok(())
 }
 
 /// Expands macros in every setting of one model (not in `macros` itself), including the keys
@@ -430,7 +412,6 @@ pub(crate) fn build(root: Value, reporter: &mut Reporter<'_>) -> Result<Config, 
         }
     };
     schema::check_keys(&root, &root_path, schema::TOP_LEVEL, reporter);
-    reject_unsupported(&root, reporter)?;
 
     // Step 2: global macros apply to every top-level section except `models`, which gets a
     // per-model scope below.
@@ -712,6 +693,7 @@ pub(crate) fn build(root: Value, reporter: &mut Reporter<'_>) -> Result<Config, 
     let profiles = super::selectors::build_profiles(&top, &built, &aliases, &selectors, reporter)?;
     check_scheduler(&top, &resolve, reporter)?;
     let preload = build_preload(&top, &resolve, reporter)?;
+    let peers = super::peers::build(&top, &built, &aliases, &selectors, &profiles, reporter)?;
 
     Ok(Config {
         health_check_timeout: seconds(health_check_timeout),
@@ -736,6 +718,7 @@ pub(crate) fn build(root: Value, reporter: &mut Reporter<'_>) -> Result<Config, 
         limits,
         access,
         memory,
+        peers,
     })
 }
 
@@ -1029,7 +1012,7 @@ fn build_aliases(
 /// The parameter name request filters may never strip or set.
 const PROTECTED_PARAM: &str = "model";
 
-fn build_filters(
+pub(crate) fn build_filters(
     value: Option<&Value>,
     path: &KeyPath,
     reporter: &mut Reporter<'_>,
