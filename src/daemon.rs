@@ -234,6 +234,7 @@ pub fn run(options: Options) -> Result<(), String> {
     ));
     app.guard.start(config.limits.header_timeout);
     spawn_memory_trimmer(app.clone());
+    proxy::peers::spawn_checker(app.clone());
     let mut server = Some(proxy::serve(&app, server_listener)?);
     for warning in proxy::origin::exposure_warnings(&config, local_addr) {
         log::warn!("{warning}");

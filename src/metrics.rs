@@ -126,6 +126,9 @@ struct Inner {
     next_id: u64,
     /// Model ids and paths seen in rows, each stored once (at most `MAX_NAMES`).
     names: HashSet<Arc<str>>,
+    /// Peer model names (FQN or bare, as requested) to the peer that served them: their
+    /// series carry a `peer` label.
+    peers: BTreeMap<String, String>,
 }
 
 /// Distinct model ids and paths kept for sharing; `/upstream/...` paths are unbounded, and
@@ -263,6 +266,7 @@ impl Metrics {
                 rows: VecDeque::with_capacity(max_rows.min(DEFAULT_MAX_ROWS)),
                 next_id: 1,
                 names: HashSet::new(),
+                peers: BTreeMap::new(),
             }),
             subscribers: Mutex::new(Vec::new()),
             has_subscribers: AtomicBool::new(false),
@@ -421,14 +425,19 @@ impl Metrics {
 
     /// Renders every metric family in the Prometheus text exposition format 0.0.4.
     pub fn render(&self, gauges: &Gauges) -> String {
-        let (mut models, swaps, evictions) = {
+        let (mut models, swaps, evictions, peers) = {
             let inner = self.lock();
             let models: Vec<(String, ModelStats)> = inner
                 .models
                 .iter()
                 .map(|(name, stats)| (name.clone(), stats.clone()))
                 .collect();
-            (models, inner.swaps, inner.evictions.clone())
+            (
+                models,
+                inner.swaps,
+                inner.evictions.clone(),
+                inner.peers.clone(),
+            )
         };
         models.sort_by(|a, b| a.0.cmp(&b.0));
 
@@ -702,8 +711,57 @@ impl Metrics {
         );
         sample(w, "swapd_open_connections", &[], gauges.open_connections);
 
-        out
+        if peers.is_empty() {
+            out
+        } else {
+            add_peer_labels(&out, &peers)
+        }
     }
+
+    /// Marks `model` (a name requests were recorded under) as served by `peer`, so that its
+    /// series carry `peer="<peer>"` next to `model`.
+    pub fn label_peer(&self, model: &str, peer: &str) {
+        let mut inner = self.lock();
+        if inner.peers.get(model).map(String::as_str) != Some(peer) {
+            inner.peers.insert(model.to_string(), peer.to_string());
+        }
+    }
+}
+
+/// Adds `peer="…"` after `model="…"` on every sample line of a peer model. Done on the
+/// rendered text so that the many per-model families need no peer-specific code.
+fn add_peer_labels(text: &str, peers: &BTreeMap<String, String>) -> String {
+    let needles: Vec<(String, String)> = peers
+        .iter()
+        .map(|(model, peer)| {
+            let mut needle = String::from("model=\"");
+            escape_label_value(&mut needle, model);
+            needle.push('"');
+            let mut label = String::from(",peer=\"");
+            escape_label_value(&mut label, peer);
+            label.push('"');
+            (needle, label)
+        })
+        .collect();
+    let mut out = String::with_capacity(text.len() + 64 * peers.len());
+    for line in text.split_inclusive('\n') {
+        let found = (!line.starts_with('#'))
+            .then(|| {
+                needles
+                    .iter()
+                    .find_map(|(needle, label)| line.find(needle.as_str()).map(|at| (at + needle.len(), label)))
+            })
+            .flatten();
+        match found {
+            Some((end, label)) => {
+                out.push_str(&line[..end]);
+                out.push_str(label);
+                out.push_str(&line[end..]);
+            }
+            None => out.push_str(line),
+        }
+    }
+    out
 }
 
 /// Returns the stats of `model`, creating them on first use; only that first use allocates.

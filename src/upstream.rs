@@ -187,6 +187,18 @@ impl Client {
         request: &Request<'_>,
         read_timeout: Option<Duration>,
     ) -> Result<Response<'_>, UpstreamError> {
+        self.send_with_connect_timeout(base, request, read_timeout, self.connect_timeout)
+    }
+
+    /// [`Client::send`] with a connect timeout other than the client's own (peers have their
+    /// own, from `peers.<id>.timeouts.connect`).
+    pub fn send_with_connect_timeout(
+        &self,
+        base: &str,
+        request: &Request<'_>,
+        read_timeout: Option<Duration>,
+        connect_timeout: Duration,
+    ) -> Result<Response<'_>, UpstreamError> {
         let (authority, base_path) = split_base(base)?;
         let head = request_head(authority, base_path, request);
         // A reused connection that fails before the response is a stale one: the request goes
@@ -201,7 +213,7 @@ impl Client {
             };
             let (mut connection, reused) = match pooled {
                 Some(connection) => (connection, true),
-                None => match self.connect(authority) {
+                None => match self.connect(authority, connect_timeout) {
                     Ok(connection) => (connection, false),
                     Err(error) if !fresh_failed => {
                         fresh_failed = true;
@@ -283,7 +295,11 @@ impl Client {
         idle.retain(|_, list| !list.is_empty());
     }
 
-    fn connect(&self, authority: &str) -> Result<Connection, UpstreamError> {
+    fn connect(
+        &self,
+        authority: &str,
+        connect_timeout: Duration,
+    ) -> Result<Connection, UpstreamError> {
         let cached = self
             .addresses
             .lock()
@@ -302,7 +318,7 @@ impl Client {
         };
         let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no address resolved");
         for (index, address) in addresses.iter().enumerate() {
-            match TcpStream::connect_timeout(address, self.connect_timeout) {
+            match TcpStream::connect_timeout(address, connect_timeout) {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
                     // The address that answered goes first next time.

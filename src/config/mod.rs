@@ -25,7 +25,7 @@ mod selectors;
 mod sources;
 mod typed;
 
-pub use peers::{PeerConfig, PeerRoute, Peers, DEFAULT_PEER_CONNECT_TIMEOUT};
+pub use peers::{fqn as peer_fqn, PeerConfig, PeerRoute, Peers, DEFAULT_PEER_CONNECT_TIMEOUT};
 
 #[cfg(test)]
 mod tests;

@@ -340,6 +340,22 @@ pub fn rewrite_json(
     model: &ModelConfig,
     requested: &str,
 ) -> Result<Vec<u8>, ExtractError> {
+    rewrite_json_with(
+        body,
+        &model.filters,
+        requested,
+        model.use_model_name.as_deref(),
+    )
+}
+
+/// Applies `filters` (for the `requested` name) and, if given, sets `model` to `new_model`:
+/// the rewrite for local models (`useModelName`) and for peers (the peer's own model name).
+pub fn rewrite_json_with(
+    body: &[u8],
+    filters: &crate::config::Filters,
+    requested: &str,
+    new_model: Option<&str>,
+) -> Result<Vec<u8>, ExtractError> {
     let mut value: Value =
         serde_json::from_slice(body).map_err(|e| ExtractError::InvalidJson(e.to_string()))?;
     let Value::Object(object) = &mut value else {
@@ -347,17 +363,17 @@ pub fn rewrite_json(
             "expected a JSON object".to_string(),
         ));
     };
-    for key in &model.filters.strip_params {
+    for key in &filters.strip_params {
         if key != "model" {
             object.remove(key);
         }
     }
-    apply_set_params(object, &model.filters.set_params);
-    if let Some(by_id) = model.filters.set_params_by_id.get(requested) {
+    apply_set_params(object, &filters.set_params);
+    if let Some(by_id) = filters.set_params_by_id.get(requested) {
         apply_set_params(object, by_id);
     }
-    if let Some(name) = &model.use_model_name {
-        object.insert("model".to_string(), Value::String(name.clone()));
+    if let Some(name) = new_model {
+        object.insert("model".to_string(), Value::String(name.to_string()));
     }
     Ok(serde_json::to_vec(&value).expect("a JSON value always serialises"))
 }

@@ -73,6 +73,41 @@ pub enum Destination {
     Started(ResponseWriter),
 }
 
+/// What a forward talks to: a leased local model, or a peer (no lease: peers are not
+/// scheduled here).
+pub struct Target<'a> {
+    /// Base URL the path is appended to.
+    pub base: &'a str,
+    pub kind: TargetKind<'a>,
+    pub read_timeout: std::time::Duration,
+    /// `None` uses the upstream client's own connect timeout.
+    pub connect_timeout: Option<std::time::Duration>,
+}
+
+pub enum TargetKind<'a> {
+    Model(&'a str),
+    Peer { id: &'a str, address: &'a str },
+}
+
+impl TargetKind<'_> {
+    /// The start of every message about this target.
+    fn describe(&self) -> String {
+        match self {
+            TargetKind::Model(model) => format!("upstream for model '{model}'"),
+            TargetKind::Peer { id, address } => {
+                format!("peer proxy error: peer '{id}' at {address}")
+            }
+        }
+    }
+
+    fn log_model(&self) -> &str {
+        match self {
+            TargetKind::Model(model) => model,
+            TargetKind::Peer { id, .. } => id,
+        }
+    }
+}
+
 /// Sends `outgoing` to the leased upstream and streams the answer to the client.
 pub fn forward(
     app: &App,
@@ -82,6 +117,27 @@ pub fn forward(
     outgoing: &Outgoing,
 ) -> Outcome {
     let model = lease.model().to_string();
+    let base = lease.upstream().to_string();
+    let target = Target {
+        base: &base,
+        kind: TargetKind::Model(&model),
+        read_timeout: app.limits().upstream_timeout,
+        connect_timeout: None,
+    };
+    forward_to(app, destination, client, Some(lease), &target, outgoing)
+}
+
+/// Sends `outgoing` to `target` and streams the answer to the client; `lease` (if any) is
+/// given back as soon as the upstream body has been read.
+pub fn forward_to(
+    app: &App,
+    destination: Destination,
+    client: &ClientSocket,
+    lease: Option<Lease>,
+    target: &Target<'_>,
+    outgoing: &Outgoing,
+) -> Outcome {
+    let model = target.kind.log_model().to_string();
     let sent_at = Instant::now();
     let request = crate::upstream::Request {
         method: &outgoing.method,
@@ -94,27 +150,33 @@ pub fn forward(
             ))
         .then_some(outgoing.body.as_slice()),
     };
-    let upstream_timeout = app.limits().upstream_timeout;
+    let upstream_timeout = target.read_timeout;
     // `send` resends on a stale pooled connection and retries a failed new one once.
-    let sent = app
-        .upstream
-        .send(lease.upstream(), &request, Some(upstream_timeout));
+    let sent = match target.connect_timeout {
+        None => app
+            .upstream
+            .send(target.base, &request, Some(upstream_timeout)),
+        Some(connect_timeout) => app.upstream.send_with_connect_timeout(
+            target.base,
+            &request,
+            Some(upstream_timeout),
+            connect_timeout,
+        ),
+    };
     let response = match sent {
         Ok(response) => response,
         Err(error) => {
-            let url = format!("{}{}", lease.upstream(), outgoing.path_and_query);
+            let url = format!("{}{}", target.base, outgoing.path_and_query);
+            let what = target.kind.describe();
             let (status, message) = match &error {
                 UpstreamError::Timeout => (
                     504,
                     format!(
-                        "upstream for model '{model}' did not answer within {}s ({url})",
+                        "{what} did not answer within {}s ({url})",
                         upstream_timeout.as_secs()
                     ),
                 ),
-                _ => (
-                    502,
-                    format!("upstream for model '{model}' failed: {error} ({url})"),
-                ),
+                _ => (502, format!("{what} failed: {error} ({url})")),
             };
             log::warn!(model = model; "{message}");
             match destination {
@@ -133,7 +195,7 @@ pub fn forward(
     // last bytes go to the client: a client that sends its next request the moment this
     // response ends must find the slot free (the gate counts the release before that request
     // can arrive).
-    let mut lease = Some(lease);
+    let mut lease = lease;
 
     let status = response.status();
     let is_sse = response
@@ -202,7 +264,8 @@ pub fn forward(
             }
             Err(error) => {
                 let message = format!(
-                    "upstream for model '{model}' failed after {bytes} bytes ({:.1}s): {error}",
+                    "{} failed after {bytes} bytes ({:.1}s): {error}",
+                    target.kind.describe(),
                     started.elapsed().as_secs_f64()
                 );
                 log::warn!(model = model; "{message}");

@@ -8,6 +8,7 @@ pub mod extract;
 pub mod forward;
 pub mod guard;
 pub mod origin;
+pub mod peers;
 mod routes;
 pub mod routing;
 
@@ -49,6 +50,8 @@ pub struct App {
     pub hostname: Option<String>,
     /// The active profile and the selectors' in-flight counts.
     pub routing: routing::RoutingState,
+    /// Peer reachability and this swapd's loop-detection token (see [`peers`]).
+    pub peers: peers::PeerRuntime,
 }
 
 impl App {
@@ -78,6 +81,7 @@ impl App {
             request_metrics: std::env::var_os("SWAPD_BENCH_NO_REQUEST_METRICS").is_none(),
             hostname: origin::machine_hostname(),
             routing: routing::RoutingState::default(),
+            peers: peers::PeerRuntime::new(),
         }
     }
 

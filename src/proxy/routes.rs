@@ -104,6 +104,7 @@ pub fn handle(app: &App, request: tiny_http::Request, active: usize) {
             if let Some(memory) = app.supervisor.memory_report() {
                 text.push_str(&memory.render_prometheus());
             }
+            text.push_str(&super::peers::render_metrics(app, &app.config()));
             let _ = ResponseWriter::send_whole(
                 request,
                 200,
@@ -383,6 +384,19 @@ fn model_request(
         };
     let query = query.as_str();
     let Some(model_id) = config.resolve_model(&requested.model).map(str::to_string) else {
+        // Local ids and aliases take precedence; only then may a peer serve the name.
+        if let Some((peer, peer_model)) = config.peers.resolve(&requested.model) {
+            let call = super::peers::PeerCall {
+                method,
+                source,
+                body,
+                requested: &requested.model,
+                content_type: &content_type,
+                upstream_path,
+                query,
+            };
+            return super::peers::forward(app, request, &config, peer, peer_model, call);
+        }
         return http::send_error(
             request,
             404,
@@ -708,6 +722,7 @@ fn list_models(app: &App, request: tiny_http::Request) {
         &statuses,
         created,
     ));
+    data.extend(super::peers::model_records(&config, created));
     data.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     let body = serde_json::to_vec(&json!({"object": "list", "data": data}))
         .expect("a JSON value always serialises");
@@ -756,6 +771,9 @@ fn running(app: &App, request: tiny_http::Request) {
     let mut body = json!({ "running": running });
     if let Some(memory) = &memory {
         body["memory"] = memory.summary_json();
+    }
+    if !config.peers.is_empty() {
+        body["peers"] = super::peers::running_json(app, &config);
     }
     http::send_json(request, 200, &body);
 }
@@ -918,7 +936,7 @@ fn gauges(app: &App) -> crate::metrics::Gauges {
 fn model_status(app: &App) -> Value {
     let config = app.config();
     let statuses = app.supervisor.snapshot();
-    let models: Vec<Value> = config
+    let mut models: Vec<Value> = config
         .models
         .values()
         .map(|model| {
@@ -936,6 +954,7 @@ fn model_status(app: &App) -> Value {
             })
         })
         .collect();
+    models.extend(super::peers::model_status(app, &config));
     Value::Array(models)
 }
 
