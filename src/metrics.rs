@@ -747,9 +747,10 @@ fn add_peer_labels(text: &str, peers: &BTreeMap<String, String>) -> String {
     for line in text.split_inclusive('\n') {
         let found = (!line.starts_with('#'))
             .then(|| {
-                needles
-                    .iter()
-                    .find_map(|(needle, label)| line.find(needle.as_str()).map(|at| (at + needle.len(), label)))
+                needles.iter().find_map(|(needle, label)| {
+                    line.find(needle.as_str())
+                        .map(|at| (at + needle.len(), label))
+                })
             })
             .flatten();
         match found {

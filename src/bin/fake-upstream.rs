@@ -41,7 +41,7 @@ struct Opts {
     stream_interval_ms: u64,
     stream_chunks: u64,
     pid_file: Option<String>,
-    /// Append every request as one JSON line (`{method, path, body}`) to this file.
+    /// Append every request as one JSON line (`{method, path, body, headers}`) to this file.
     request_log: Option<String>,
     /// Allocate this many MiB and touch every page, so the process stays that much resident
     /// (the memory-aware scheduling tests measure it).
@@ -440,7 +440,12 @@ fn serve_connection(stream: TcpStream, opts: &Opts, started: Instant) -> io::Res
 fn log_request(path: &str, req: &Request) {
     let body = serde_json::from_slice(&req.body)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&req.body).into_owned()));
-    let line = json!({"method": req.method, "path": req.target, "body": body});
+    let headers: Map<String, Value> = req
+        .headers
+        .iter()
+        .map(|(n, v)| (n.clone(), Value::String(v.clone())))
+        .collect();
+    let line = json!({"method": req.method, "path": req.target, "body": body, "headers": headers});
     let written = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

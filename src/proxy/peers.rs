@@ -144,7 +144,9 @@ pub fn forward(
     call: PeerCall<'_>,
 ) {
     let started = Instant::now();
-    let via = super::routes::header(&request, "Via").unwrap_or("").to_string();
+    let via = super::routes::header(&request, "Via")
+        .unwrap_or("")
+        .to_string();
     if app.peers.has_passed_here(&via) {
         let message = format!(
             "loop detected: this request for '{}' already passed through this swapd (Via: {via}); peer '{}' at {} leads back here",
@@ -219,17 +221,20 @@ pub fn forward(
         app.peers.wake_checker();
     }
     if app.request_metrics {
-        let path = outgoing.path_and_query.split('?').next().unwrap_or_default();
+        let path = outgoing
+            .path_and_query
+            .split('?')
+            .next()
+            .unwrap_or_default();
         app.metrics.label_peer(call.requested, &peer.id);
-        app.metrics
-            .record_request(crate::metrics::RequestRecord {
-                model: call.requested,
-                path,
-                status: outcome.status,
-                duration: started.elapsed(),
-                usage: outcome.usage,
-                time_to_first_token: outcome.time_to_first_token,
-            });
+        app.metrics.record_request(crate::metrics::RequestRecord {
+            model: call.requested,
+            path,
+            status: outcome.status,
+            duration: started.elapsed(),
+            usage: outcome.usage,
+            time_to_first_token: outcome.time_to_first_token,
+        });
     }
     log::info!(
         model = call.requested;
@@ -284,7 +289,8 @@ fn peer_headers(app: &App, request: &tiny_http::Request, peer: &PeerConfig, via:
             continue;
         }
         if peer.api_key.is_some()
-            && (name.eq_ignore_ascii_case("authorization") || name.eq_ignore_ascii_case("x-api-key"))
+            && (name.eq_ignore_ascii_case("authorization")
+                || name.eq_ignore_ascii_case("x-api-key"))
         {
             continue;
         }
@@ -480,7 +486,12 @@ fn check(app: &App, peer: &PeerConfig) -> PeerHealth {
         Some(CHECK_READ_TIMEOUT),
         peer.connect_timeout,
     );
-    let previous = app.peers.health().get(&peer.id).cloned().unwrap_or_default();
+    let previous = app
+        .peers
+        .health()
+        .get(&peer.id)
+        .cloned()
+        .unwrap_or_default();
     let health = match sent {
         Ok(response) => {
             let status = response.status();

@@ -8,6 +8,7 @@ mod memory;
 mod observability;
 mod ollama;
 mod ops;
+mod peers;
 mod proxy;
 mod reload;
 mod robustness;
