@@ -744,7 +744,8 @@ def main() -> int:
     # a name given on the command line is looked up in whichever module defines it.
     sys.path.insert(0, HERE)
     import test_ollama
-    modules = [module, test_ollama]
+    import test_multihost  # peers: three swapd hosts on loopback, nginx with TLS in front
+    modules = [module, test_ollama, test_multihost]
     if argv:
         suite = unittest.TestSuite()
         for name in argv:
