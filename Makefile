@@ -74,6 +74,7 @@ bench:
 	$(CARGO) bench --bench ollama
 	$(CARGO) bench --bench matrix
 	$(CARGO) bench --bench proxy
+	$(CARGO) bench --bench peers
 
 # N idle connections and N concurrent streams for N = 100 … 10,000 (SWAPD_SCALE_N=100,1000
 # for fewer); raises its own descriptor limit.
