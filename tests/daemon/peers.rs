@@ -577,3 +577,66 @@ fn shutdown_waits_for_an_in_flight_peer_stream() {
     read_until(&mut stream, "[DONE]");
     assert_eq!(front.terminate(), Some(0));
 }
+
+#[test]
+fn shutdown_cuts_a_peer_stream_that_outlives_the_shutdown_timeout() {
+    let peer = FakePeer::start("streamer");
+    let mut config = front_config(
+        &["local"],
+        "",
+        &format!("  p: {{proxy: '{}', models: [s]}}\n", peer.url()),
+    );
+    config.push_str("swapd:\n  shutdownTimeout: 1\n");
+    let mut front = Daemon::start(&config);
+    // The gate is never opened: the peer holds the stream's end for as long as the test runs.
+    let gate = front.dir.path().join("never");
+    let mut stream = open_stream(
+        &front.addr,
+        "/v1/chat/completions",
+        &json!({"model": "p/s", "stream": true, "stream_chunks": 2, "stream_interval_ms": 1,
+                "gate_file": gate.to_str().expect("utf-8"),
+                "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    read_until(&mut stream, "tok1");
+    kill(front.pid(), libc::SIGTERM);
+    // The rest of the stream: it must end (EOF or reset) without the peer's last event.
+    let mut rest = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => rest.extend_from_slice(&buffer[..read]),
+        }
+    }
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(!rest.contains("[DONE]"), "{rest}");
+    assert_eq!(front.terminate(), Some(0));
+}
+
+#[test]
+fn a_reload_adds_and_removes_peers() {
+    let peer = FakePeer::start("late");
+    let front = Daemon::start(&simple_config(&["local"], "", ""));
+    let reply = post_json(&front.url("/v1/chat/completions"), &chat("p/m"));
+    assert_eq!(reply.status, 404, "{}", reply.body);
+
+    let path = front.dir.path().join("config.yaml");
+    let original = std::fs::read_to_string(&path).expect("read config");
+    let with_peer = format!(
+        "{original}peers:\n  p: {{proxy: '{}', models: [m]}}\n",
+        peer.url()
+    );
+    std::fs::write(&path, with_peer).expect("write config");
+    let reply = post_raw(&front.url("/api/config/reload"), "application/json", b"");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let echo = post_json(&front.url("/v1/chat/completions"), &chat("p/m")).json();
+    assert_eq!(echo["model_served"], "late");
+    assert_eq!(echo["request_body"]["model"], "m");
+
+    std::fs::write(&path, original).expect("write config");
+    let reply = post_raw(&front.url("/api/config/reload"), "application/json", b"");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = post_json(&front.url("/v1/chat/completions"), &chat("p/m"));
+    assert_eq!(reply.status, 404, "{}", reply.body);
+    assert!(get_json(&front.url("/running")).get("peers").is_none());
+}
