@@ -2019,6 +2019,33 @@ mod tests {
     }
 
     #[test]
+    fn peer_models_carry_a_peer_label_on_every_series() {
+        let metrics = Metrics::new(10);
+        metrics.record_request(record("gpu/a", 200, 1));
+        metrics.record_request(record("local", 200, 1));
+        metrics.label_peer("gpu/a", "gp\"u");
+        let text = metrics.render(&Gauges::default());
+        let samples = validate(&text).expect("valid exposition");
+        let peer_lines: Vec<&str> = text
+            .lines()
+            .filter(|line| line.contains("model=\"gpu/a\""))
+            .collect();
+        assert!(!peer_lines.is_empty());
+        for line in &peer_lines {
+            assert!(line.contains("model=\"gpu/a\",peer=\"gp\\\"u\""), "{line}");
+        }
+        assert_eq!(
+            value_of(
+                &samples,
+                "swapd_requests_total",
+                &[("model", "gpu/a"), ("peer", "gp\"u"), ("code", "200")]
+            ),
+            Some(1.0)
+        );
+        assert!(!text.contains("model=\"local\",peer"), "{text}");
+    }
+
+    #[test]
     fn label_values_are_escaped() {
         let metrics = Metrics::new(10);
         let weird = "we\"ird\\name\nline";
