@@ -208,7 +208,12 @@ pub fn forward_to(
                 .headers()
                 .filter(|(name, _)| !is_hop_by_hop(name))
                 .collect();
-            if is_sse {
+            // A peer swapd already says so; once is enough.
+            if is_sse
+                && !headers
+                    .iter()
+                    .any(|(name, _)| name.eq_ignore_ascii_case("x-accel-buffering"))
+            {
                 headers.push(("X-Accel-Buffering", "no"));
             }
             match ResponseWriter::start(request, status, &headers, content_length) {

@@ -33,6 +33,8 @@ use super::{client_of_request, App};
 const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// The longest a reachability check waits for the peer's answer.
 const CHECK_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most of a check's answer that is read.
+const CHECK_MAX_BODY: usize = 1024 * 1024;
 
 /// What the last check of one peer found.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -496,12 +498,15 @@ fn check(app: &App, peer: &PeerConfig) -> PeerHealth {
         Ok(response) => {
             let status = response.status();
             let mut body = response.into_body();
-            // Read to the end so the connection can go back to the pool.
-            loop {
+            // Read to the end so the connection can go back to the pool; a model list larger
+            // than this is not worth it (the connection is then closed instead).
+            let mut total = 0usize;
+            while total < CHECK_MAX_BODY {
                 match body.chunk() {
                     Ok([]) | Err(_) => break,
                     Ok(chunk) => {
                         let read = chunk.len();
+                        total += read;
                         body.consume(read);
                     }
                 }

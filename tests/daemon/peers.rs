@@ -392,6 +392,16 @@ fn loading_progress_of_a_peer_swapd_streams_through_the_front() {
         !loading.contains("tok0"),
         "loading text comes before the tokens"
     );
+    let head = loading
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    assert_eq!(
+        head.matches("x-accel-buffering: no").count(),
+        1,
+        "nginx must be told once: {head}"
+    );
     read_until(&mut stream, "[DONE]");
 }
 
