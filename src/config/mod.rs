@@ -482,6 +482,15 @@ impl Config {
         for profile in self.profiles.values() {
             let _ = writeln!(out, "profile {}: {} pin(s)", profile.id, profile.pins.len());
         }
+        for peer in self.peers.peers.values() {
+            let _ = writeln!(
+                out,
+                "peer {}: {} → {}",
+                peer.id,
+                peer.proxy,
+                peer.models.join(", ")
+            );
+        }
         for model in self.models.values() {
             let _ = writeln!(out);
             let _ = writeln!(out, "model {}", model.id);

@@ -212,6 +212,24 @@ fn an_fqn_that_is_also_a_local_name_is_a_load_error_naming_both() {
         stderr.contains("config.yaml:7"),
         "line of the peer model: {stderr}"
     );
+
+    // A valid one is summarised by --check-config.
+    std::fs::write(
+        &path,
+        "models:\n  m:\n    cmd: srv --port ${PORT}\npeers:\n  p:\n    proxy: http://127.0.0.1:9/\n    models: [m, n]\n",
+    )
+    .expect("write");
+    let output = Command::new(SWAPD)
+        .arg("--check-config")
+        .arg(&path)
+        .output()
+        .expect("run swapd");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("peer p: http://127.0.0.1:9 → m, n"),
+        "{stdout}"
+    );
 }
 
 #[test]
