@@ -136,8 +136,6 @@ pub(crate) fn build(
     top: &Fields<'_>,
     models: &BTreeMap<String, ModelConfig>,
     aliases: &BTreeMap<String, String>,
-    selectors: &BTreeMap<String, SelectorConfig>,
-    profiles: &BTreeMap<String, ProfileConfig>,
     reporter: &mut Reporter<'_>,
 ) -> Result<Peers, ConfigError> {
     let Some(section) = top.mapping("peers", reporter, "a mapping of peer ids to peer settings")?
@@ -183,6 +181,35 @@ pub(crate) fn build(
                     ),
                 ));
             }
+            if let Some((other, other_model)) = owners.get(&name) {
+                return Err(reporter.error(
+                    &model_path,
+                    format!(
+                        "peer model name '{name}' is ambiguous between peers.{other} model '{other_model}' and peers.{id} model '{model}'"
+                    ),
+                ));
+            }
+            owners.insert(name, (id.clone(), model.clone()));
+        }
+        peers.insert(id, peer);
+    }
+    Ok(Peers::new(peers))
+}
+
+/// Checks that no selector id or profile pin spells a peer model's FQN (built after the
+/// peers, since selector targets and pins may name peer models).
+pub(crate) fn check_reserved(
+    top: &Fields<'_>,
+    peers: &Peers,
+    selectors: &BTreeMap<String, SelectorConfig>,
+    profiles: &BTreeMap<String, ProfileConfig>,
+    reporter: &mut Reporter<'_>,
+) -> Result<(), ConfigError> {
+    for peer in peers.peers.values() {
+        for (index, model) in peer.models.iter().enumerate() {
+            let name = fqn(&peer.id, model);
+            let model_path = top.path("peers").key(&peer.id).key("models").index(index);
+            let id = &peer.id;
             if selectors.contains_key(&name) {
                 return Err(reporter.error(
                     &model_path,
@@ -200,19 +227,9 @@ pub(crate) fn build(
                     ),
                 ));
             }
-            if let Some((other, other_model)) = owners.get(&name) {
-                return Err(reporter.error(
-                    &model_path,
-                    format!(
-                        "peer model name '{name}' is ambiguous between peers.{other} model '{other_model}' and peers.{id} model '{model}'"
-                    ),
-                ));
-            }
-            owners.insert(name, (id.clone(), model.clone()));
         }
-        peers.insert(id, peer);
     }
-    Ok(Peers::new(peers))
+    Ok(())
 }
 
 fn build_peer(
@@ -412,6 +429,25 @@ mod tests {
         .expect_err("collides with a profile pin");
         assert!(
             error.message.contains("pin 'g/x' of profile 'big'"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn selector_targets_and_profile_pins_may_name_peer_models() {
+        let config = load(&format!(
+            "{LOCAL}selectors:\n  any: {{strategy: spillover, targets: [local, g/x]}}\nprofiles:\n  far:\n    pins: {{local: x}}\npeers:\n  g: {{proxy: http://h, models: [x]}}\n"
+        ))
+        .expect("peer models are valid targets");
+        assert_eq!(config.selectors["any"].resolved, ["local", "g/x"]);
+        assert_eq!(config.profiles["far"].pins["local"].as_deref(), Some("x"));
+        let error = load(&format!(
+            "{LOCAL}selectors:\n  any: {{strategy: pin, targets: [g/y]}}\npeers:\n  g: {{proxy: http://h, models: [x]}}\n"
+        ))
+        .expect_err("not a peer model");
+        assert!(
+            error.message.contains("unknown model 'g/y'"),
             "{}",
             error.message
         );

@@ -13,7 +13,7 @@ use serde_yaml::{Mapping, Value};
 
 use super::error::{ConfigError, Reporter};
 use super::typed::{describe, json_object, Fields};
-use super::{GroupConfig, MatrixConfig, ModelConfig, DEFAULT_GROUP_ID};
+use super::{GroupConfig, MatrixConfig, ModelConfig, Peers, DEFAULT_GROUP_ID};
 
 /// How a selector picks its target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +81,7 @@ pub(crate) fn build_selectors(
     aliases: &BTreeMap<String, String>,
     groups: &[GroupConfig],
     matrix: Option<&MatrixConfig>,
+    peers: &Peers,
     reporter: &mut Reporter<'_>,
 ) -> Result<BTreeMap<String, SelectorConfig>, ConfigError> {
     let mut selectors = BTreeMap::new();
@@ -154,6 +155,10 @@ pub(crate) fn build_selectors(
                 target.clone()
             } else if let Some(owner) = aliases.get(target) {
                 owner.clone()
+            } else if peers.resolve(target).is_some() {
+                // A peer model (llama-swap allows them as targets): it runs elsewhere, so it
+                // never counts as loaded here and takes no part in the coexistence check.
+                target.clone()
             } else {
                 return Err(reporter.error(&target_path, format!("unknown model '{target}'")));
             };
@@ -182,7 +187,12 @@ pub(crate) fn build_selectors(
                     ));
                 }
             }
-            check_coexistence(&resolved, groups, matrix)
+            let local: Vec<String> = resolved
+                .iter()
+                .filter(|id| models.contains_key(*id))
+                .cloned()
+                .collect();
+            check_coexistence(&local, groups, matrix)
                 .map_err(|message| reporter.error(&path.key("targets"), message))?;
         }
         let metadata = match fields.mapping("metadata", reporter, "a mapping")? {
@@ -261,6 +271,7 @@ pub(crate) fn build_profiles(
     models: &BTreeMap<String, ModelConfig>,
     aliases: &BTreeMap<String, String>,
     selectors: &BTreeMap<String, SelectorConfig>,
+    peers: &Peers,
     reporter: &mut Reporter<'_>,
 ) -> Result<BTreeMap<String, ProfileConfig>, ConfigError> {
     let mut profiles = BTreeMap::new();
@@ -319,7 +330,8 @@ pub(crate) fn build_profiles(
             if let Some(target) = &target {
                 let known = models.contains_key(target)
                     || aliases.contains_key(target)
-                    || selectors.contains_key(target);
+                    || selectors.contains_key(target)
+                    || peers.resolve(target).is_some();
                 if !known {
                     return Err(reporter.error(
                         &pins_path.key(pin),

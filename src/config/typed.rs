@@ -682,18 +682,22 @@ pub(crate) fn build(root: Value, reporter: &mut Reporter<'_>) -> Result<Config, 
         ),
         None => (groups, None),
     };
+    // Peers first: selector targets and profile pins may name peer models.
+    let peers = super::peers::build(&top, &built, &aliases, reporter)?;
     let selectors = super::selectors::build_selectors(
         &top,
         &built,
         &aliases,
         &groups,
         matrix.as_ref(),
+        &peers,
         reporter,
     )?;
-    let profiles = super::selectors::build_profiles(&top, &built, &aliases, &selectors, reporter)?;
+    let profiles =
+        super::selectors::build_profiles(&top, &built, &aliases, &selectors, &peers, reporter)?;
+    super::peers::check_reserved(&top, &peers, &selectors, &profiles, reporter)?;
     check_scheduler(&top, &resolve, reporter)?;
     let preload = build_preload(&top, &resolve, reporter)?;
-    let peers = super::peers::build(&top, &built, &aliases, &selectors, &profiles, reporter)?;
 
     Ok(Config {
         health_check_timeout: seconds(health_check_timeout),

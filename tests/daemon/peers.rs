@@ -668,3 +668,44 @@ fn a_reload_adds_and_removes_peers() {
     assert_eq!(reply.status, 404, "{}", reply.body);
     assert!(get_json(&front.url("/running")).get("peers").is_none());
 }
+
+#[test]
+fn selectors_and_profile_pins_may_send_requests_to_peers() {
+    let peer = FakePeer::start("remote");
+    let mut config = front_config(
+        &["local"],
+        "",
+        &format!("  g: {{proxy: '{}', models: [x]}}\n", peer.url()),
+    );
+    config.push_str(
+        "selectors:\n  far:\n    strategy: pin\n    targets: [g/x, local]\nprofiles:\n  away:\n    pins: {local: x}\n",
+    );
+    let front = Daemon::start(&config);
+    let echo = post_json(&front.url("/v1/chat/completions"), &chat("far")).json();
+    assert_eq!(
+        echo["model_served"], "remote",
+        "the selector's first target"
+    );
+    assert_eq!(echo["request_body"]["model"], "x");
+
+    let echo = post_json(&front.url("/v1/chat/completions"), &chat("local")).json();
+    assert_eq!(echo["model_served"], "local", "no profile active yet");
+    let reply = to_put(&front.url("/api/profiles/active"), r#"{"name":"away"}"#);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let echo = post_json(&front.url("/v1/chat/completions"), &chat("local")).json();
+    assert_eq!(echo["model_served"], "remote", "pinned to the peer's model");
+    assert_eq!(echo["request_body"]["model"], "x");
+}
+
+fn to_put(url: &str, body: &str) -> Reply {
+    let mut response = agent()
+        .put(url)
+        .header("Content-Type", "application/json")
+        .send(body.as_bytes())
+        .expect("PUT failed at the transport level");
+    Reply {
+        status: response.status().as_u16(),
+        headers: Vec::new(),
+        body: response.body_mut().read_to_string().unwrap_or_default(),
+    }
+}
