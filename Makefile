@@ -8,6 +8,7 @@ LISTEN ?= 127.0.0.1:8080
 .PHONY: build release run run-prereqs run-fake test test-unit test-e2e e2e-deps lint fmt fmt-check bench bench-real soak clean
 .PHONY: install install-files deb test-ops test-package test-prometheus
 .PHONY: bench-scale
+.PHONY: ui-gz test-ui
 
 build:
 	$(CARGO) build --bins
@@ -56,6 +57,11 @@ test-unit:
 
 test-e2e: release e2e-deps
 	SWAPD_BIN=$(CURDIR)/target/release/swapd tests/e2e/run.sh
+	SWAPD_BIN=$(CURDIR)/target/release/swapd tests/e2e/run_ui.sh
+
+# Only the browser test of the web UI (headless Chromium + selenium, installed when missing).
+test-ui: release e2e-deps
+	SWAPD_BIN=$(CURDIR)/target/release/swapd tests/e2e/run_ui.sh
 
 lint:
 	$(CARGO) clippy --all-targets -- -D warnings
@@ -132,3 +138,8 @@ test-prometheus: release
 	@command -v prometheus >/dev/null 2>&1 || tests/e2e/install-prometheus.sh
 	SWAPD_BIN=$(CURDIR)/target/release/swapd FAKE_UPSTREAM_BIN=$(CURDIR)/target/release/fake-upstream \
 	  python3 tests/e2e/test_prometheus.py
+
+# The UI's files are served gzip-compressed from copies kept next to them; run this after
+# editing src/ui/ (a unit test fails while a copy is stale).
+ui-gz:
+	for f in src/ui/index.html src/ui/app.js src/ui/app.css; do gzip -9 -n -c $$f > $$f.gz; done

@@ -3,6 +3,7 @@
 //! The library holds everything; `main.rs` only parses arguments and picks the exit code,
 //! so integration tests and benches reach the same code the daemon runs.
 
+pub mod activity;
 pub mod config;
 pub mod daemon;
 pub mod http;

@@ -84,6 +84,10 @@ pub struct TokenUsage {
     pub cached: Option<u64>,
     pub prompt_per_second: Option<f64>,
     pub tokens_per_second: Option<f64>,
+    /// Speculative decoding: tokens drafted and drafted tokens accepted (llama.cpp `timings`
+    /// `draft_n`/`draft_n_accepted`, vLLM `metrics.speculative_decoding`).
+    pub draft: Option<u64>,
+    pub draft_accepted: Option<u64>,
 }
 
 /// The values of gauges that other parts of swapd own, passed to [`Metrics::render`].
@@ -775,7 +779,7 @@ fn model_entry<'a>(models: &'a mut HashMap<String, ModelStats>, model: &str) -> 
         .expect("the entry exists: it was inserted just above if it was missing")
 }
 
-fn unix_millis_now() -> u64 {
+pub(crate) fn unix_millis_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| {
@@ -785,7 +789,7 @@ fn unix_millis_now() -> u64 {
 
 /// Formats milliseconds since the Unix epoch as RFC 3339 in UTC, e.g.
 /// `2024-02-29T12:34:56.789Z`.
-fn format_rfc3339_millis(unix_millis: u64) -> String {
+pub(crate) fn format_rfc3339_millis(unix_millis: u64) -> String {
     crate::timefmt::rfc3339(
         std::time::Duration::from_millis(unix_millis),
         crate::timefmt::Fraction::Millis,
@@ -793,7 +797,7 @@ fn format_rfc3339_millis(unix_millis: u64) -> String {
 }
 
 /// Reads the resident set size from `/proc/self/statm`; `None` where that file does not exist.
-fn resident_memory_bytes() -> Option<u64> {
+pub(crate) fn resident_memory_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     // SAFETY: sysconf only reads a system constant and has no preconditions.
@@ -1125,7 +1129,10 @@ fn mentions_usage_or_timings(payload: &[u8]) -> bool {
     let mut rest = payload;
     while let Some(quote) = rest.iter().position(|&b| b == b'"') {
         rest = &rest[quote..];
-        if rest.starts_with(b"\"usage\"") || rest.starts_with(b"\"timings\"") {
+        if rest.starts_with(b"\"usage\"")
+            || rest.starts_with(b"\"timings\"")
+            || rest.starts_with(b"\"metrics\"")
+        {
             return true;
         }
         rest = &rest[1..];
@@ -1169,6 +1176,12 @@ fn search_objects(found: &mut Found, window: &[u8]) {
     });
     if timings.is_some() {
         found.timings = timings;
+    }
+    let vllm = last_object(window, b"\"metrics\"", |object| {
+        parse_seed(object, Lenient(VllmVisit::default())).flatten()
+    });
+    if vllm.is_some() {
+        found.vllm = vllm;
     }
 }
 
@@ -1275,6 +1288,8 @@ struct Found {
     cached: Option<u64>,
     /// The last `timings` object seen.
     timings: Option<Timings>,
+    /// The last vLLM `metrics` object seen.
+    vllm: Option<VllmMetrics>,
 }
 
 impl Found {
@@ -1293,7 +1308,25 @@ impl Found {
             cached: self.cached,
             prompt_per_second: None,
             tokens_per_second: None,
+            draft: None,
+            draft_accepted: None,
         };
+        // vLLM: prompt speed from the uncached prompt tokens over the time to first token,
+        // generation speed from the mean inter-token latency (llama-swap's derivation).
+        if let Some(vllm) = self.vllm {
+            let uncached = usage
+                .input
+                .map(|input| input.saturating_sub(usage.cached.unwrap_or(0)));
+            usage.prompt_per_second = derived_rate(uncached, vllm.time_to_first_token_ms);
+            usage.tokens_per_second = derived_rate(Some(1), vllm.mean_itl_ms);
+            if let (Some(draft), Some(accepted)) = (
+                to_count(vllm.num_draft_tokens),
+                to_count(vllm.num_accepted_draft_tokens),
+            ) {
+                usage.draft = Some(draft);
+                usage.draft_accepted = Some(accepted);
+            }
+        }
         if let Some(timings) = self.timings {
             let prompt_n = to_count(timings.prompt_n);
             let predicted_n = to_count(timings.predicted_n);
@@ -1304,6 +1337,8 @@ impl Found {
                 .or_else(|| derived_rate(prompt_n, timings.prompt_ms));
             usage.tokens_per_second = to_rate(timings.predicted_per_second)
                 .or_else(|| derived_rate(predicted_n, timings.predicted_ms));
+            usage.draft = to_count(timings.draft_n).or(usage.draft);
+            usage.draft_accepted = to_count(timings.draft_n_accepted).or(usage.draft_accepted);
         }
         usage
     }
@@ -1360,6 +1395,17 @@ struct Timings {
     predicted_per_second: Option<f64>,
     prompt_ms: Option<f64>,
     predicted_ms: Option<f64>,
+    draft_n: Option<f64>,
+    draft_n_accepted: Option<f64>,
+}
+
+/// The fields of one vLLM `metrics` object.
+#[derive(Debug, Clone, Copy, Default)]
+struct VllmMetrics {
+    time_to_first_token_ms: Option<f64>,
+    mean_itl_ms: Option<f64>,
+    num_draft_tokens: Option<f64>,
+    num_accepted_draft_tokens: Option<f64>,
 }
 
 // The JSON is read with hand-written, lenient serde visitors rather than into a
@@ -1389,6 +1435,14 @@ enum Key {
     PredictedPerSecond,
     PromptMs,
     PredictedMs,
+    DraftN,
+    DraftNAccepted,
+    Metrics,
+    TimeToFirstTokenMs,
+    MeanItlMs,
+    SpeculativeDecoding,
+    NumDraftTokens,
+    NumAcceptedDraftTokens,
     Other,
 }
 
@@ -1414,6 +1468,14 @@ impl Key {
             "predicted_per_second" => Key::PredictedPerSecond,
             "prompt_ms" => Key::PromptMs,
             "predicted_ms" => Key::PredictedMs,
+            "draft_n" => Key::DraftN,
+            "draft_n_accepted" => Key::DraftNAccepted,
+            "metrics" => Key::Metrics,
+            "time_to_first_token_ms" => Key::TimeToFirstTokenMs,
+            "mean_itl_ms" => Key::MeanItlMs,
+            "speculative_decoding" => Key::SpeculativeDecoding,
+            "num_draft_tokens" => Key::NumDraftTokens,
+            "num_accepted_draft_tokens" => Key::NumAcceptedDraftTokens,
             _ => Key::Other,
         }
     }
@@ -1568,6 +1630,11 @@ impl ObjectVisit for Envelope<'_> {
                     self.0.timings = Some(timings);
                 }
             }
+            Key::Metrics => {
+                if let Some(metrics) = map.next_value_seed(Lenient(VllmVisit::default()))? {
+                    self.0.vllm = Some(metrics);
+                }
+            }
             Key::Response | Key::Message => {
                 map.next_value_seed(Lenient(UsageHolder(&mut *self.0)))?;
             }
@@ -1680,6 +1747,43 @@ impl ObjectVisit for TimingsVisit {
             Key::PredictedPerSecond => &mut timings.predicted_per_second,
             Key::PromptMs => &mut timings.prompt_ms,
             Key::PredictedMs => &mut timings.predicted_ms,
+            Key::DraftN => &mut timings.draft_n,
+            Key::DraftNAccepted => &mut timings.draft_n_accepted,
+            _ => {
+                map.next_value::<IgnoredAny>()?;
+                return Ok(());
+            }
+        };
+        *slot = map.next_value::<Num>()?.0;
+        Ok(())
+    }
+
+    fn finish(self) -> Self::Out {
+        Some(self.0)
+    }
+}
+
+/// A vLLM `metrics` object (and its `speculative_decoding` member).
+#[derive(Default)]
+struct VllmVisit(VllmMetrics);
+
+impl ObjectVisit for VllmVisit {
+    type Out = Option<VllmMetrics>;
+
+    fn field<'de, A: MapAccess<'de>>(&mut self, key: Key, map: &mut A) -> Result<(), A::Error> {
+        let metrics = &mut self.0;
+        let slot = match key {
+            Key::TimeToFirstTokenMs => &mut metrics.time_to_first_token_ms,
+            Key::MeanItlMs => &mut metrics.mean_itl_ms,
+            Key::NumDraftTokens => &mut metrics.num_draft_tokens,
+            Key::NumAcceptedDraftTokens => &mut metrics.num_accepted_draft_tokens,
+            Key::SpeculativeDecoding => {
+                if let Some(inner) = map.next_value_seed(Lenient(VllmVisit::default()))? {
+                    metrics.num_draft_tokens = inner.num_draft_tokens;
+                    metrics.num_accepted_draft_tokens = inner.num_accepted_draft_tokens;
+                }
+                return Ok(());
+            }
             _ => {
                 map.next_value::<IgnoredAny>()?;
                 return Ok(());
@@ -2332,6 +2436,7 @@ mod tests {
                 cached: None,
                 prompt_per_second: Some(512.5),
                 tokens_per_second: None,
+                ..TokenUsage::default()
             },
             time_to_first_token: Some(Duration::from_millis(50)),
         });
@@ -2384,6 +2489,27 @@ mod tests {
             scanner.feed(piece);
         }
         scanner.finish()
+    }
+
+    #[test]
+    fn vllm_metrics_and_llama_cpp_drafts() {
+        // vLLM: prompt t/s = (input - cached) / time to first token; t/s = 1000 / mean ITL;
+        // drafts only when both speculative-decoding counts are present.
+        let body = br#"{"usage":{"prompt_tokens":120,"completion_tokens":10,"prompt_tokens_details":{"cached_tokens":20}},"metrics":{"time_to_first_token_ms":50.0,"mean_itl_ms":20.0,"speculative_decoding":{"num_draft_tokens":8,"num_accepted_draft_tokens":5}}}"#;
+        let usage = scan(false, body);
+        assert_eq!(usage.prompt_per_second, Some(2000.0));
+        assert_eq!(usage.tokens_per_second, Some(50.0));
+        assert_eq!((usage.draft, usage.draft_accepted), (Some(8), Some(5)));
+        let stream = b"data: {\"choices\":[]}\n\ndata: {\"usage\":{\"prompt_tokens\":10},\"metrics\":{\"mean_itl_ms\":4.0,\"speculative_decoding\":{\"num_draft_tokens\":3}}}\n\n";
+        let usage = scan(true, stream);
+        assert_eq!(usage.tokens_per_second, Some(250.0));
+        assert_eq!(usage.prompt_per_second, None);
+        assert_eq!((usage.draft, usage.draft_accepted), (None, None));
+        // llama.cpp: draft_n / draft_n_accepted from timings.
+        let body = br#"{"timings":{"prompt_n":5,"predicted_n":9,"predicted_per_second":30.0,"draft_n":6,"draft_n_accepted":4}}"#;
+        let usage = scan(false, body);
+        assert_eq!((usage.draft, usage.draft_accepted), (Some(6), Some(4)));
+        assert_eq!((usage.input, usage.output), (Some(5), Some(9)));
     }
 
     #[test]
@@ -2455,6 +2581,7 @@ mod tests {
             cached: Some(5),
             prompt_per_second: Some(500.25),
             tokens_per_second: Some(80.5),
+            ..TokenUsage::default()
         };
         assert_eq!(scan(false, body), expected);
 

@@ -199,6 +199,25 @@ impl Client {
         read_timeout: Option<Duration>,
         connect_timeout: Duration,
     ) -> Result<Response<'_>, UpstreamError> {
+        self.send_observed(base, request, read_timeout, Some(connect_timeout), &|_| {
+            true
+        })
+    }
+
+    /// [`Client::send_with_connect_timeout`] (`None`: the client's own connect timeout),
+    /// calling `observe` with each connection's socket just before the request goes out on it
+    /// (so another thread can be given a handle that cuts the exchange, even while it waits
+    /// for the response head). When `observe` returns `false` the request is abandoned with an
+    /// `Interrupted` error instead of being sent or retried.
+    pub fn send_observed(
+        &self,
+        base: &str,
+        request: &Request<'_>,
+        read_timeout: Option<Duration>,
+        connect_timeout: Option<Duration>,
+        observe: &dyn Fn(&TcpStream) -> bool,
+    ) -> Result<Response<'_>, UpstreamError> {
+        let connect_timeout = connect_timeout.unwrap_or(self.connect_timeout);
         let (authority, base_path) = split_base(base)?;
         let head = request_head(authority, base_path, request);
         // A reused connection that fails before the response is a stale one: the request goes
@@ -226,6 +245,16 @@ impl Client {
             connection
                 .set_read_timeout(read_timeout)
                 .map_err(UpstreamError::Io)?;
+            if !observe(&connection.stream) {
+                // A pooled connection goes back untouched; only this request is abandoned.
+                if reused {
+                    self.give_back(authority, connection);
+                }
+                return Err(UpstreamError::Io(io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    "the request was cancelled",
+                )));
+            }
             match exchange(&mut connection, &head, request) {
                 Ok((head_start, head_end, parsed)) => {
                     return Ok(Response::new(
@@ -772,8 +801,10 @@ impl Body<'_> {
                 }
                 State::Trailers => {
                     if self.line()?.is_empty() {
+                        // The connection goes back to the pool when the body is dropped, not
+                        // here: whoever reads the body may still hold a handle to its socket
+                        // (an in-flight entry's cancel) and must let go of it first.
                         self.state = State::Done;
-                        self.finish_if_done();
                     }
                 }
             }
@@ -820,6 +851,13 @@ fn truncated() -> io::Error {
         io::ErrorKind::UnexpectedEof,
         "upstream closed the connection before the end of the body",
     )
+}
+
+impl Drop for Body<'_> {
+    fn drop(&mut self) {
+        // A body read to its end gives its connection back; one dropped earlier closes it.
+        self.finish_if_done();
+    }
 }
 
 impl Read for Body<'_> {

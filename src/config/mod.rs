@@ -152,6 +152,8 @@ pub struct Config {
     pub unload_timeout: Duration,
     /// Row cap of the in-memory request activity log (default 1000).
     pub metrics_max_in_memory: usize,
+    /// `store.path`: the file activity rows are also appended to, kept across restarts.
+    pub activity_store: Option<std::path::PathBuf>,
     /// When non-empty, every protected route requires one of these keys.
     pub api_keys: Vec<String>,
     /// Models by id, sorted.
@@ -291,6 +293,7 @@ impl Default for Config {
             global_ttl: Duration::ZERO,
             unload_timeout: Duration::from_secs(10),
             metrics_max_in_memory: 1000,
+            activity_store: None,
             api_keys: Vec::new(),
             models: BTreeMap::new(),
             groups: Vec::new(),

@@ -618,13 +618,26 @@ pub(crate) fn build(root: Value, reporter: &mut Reporter<'_>) -> Result<Config, 
             return Err(reporter.error(&path, "API keys must not contain spaces"));
         }
     }
-    for (key, message) in [
-        (
-            "store",
-            "swapd keeps activity in memory only; `store` is ignored",
-        ),
-        ("upstream", "not supported by swapd and ignored"),
-    ] {
+    let activity_store = match top.mapping("store", reporter, "a mapping with `path`")? {
+        Some(store) => {
+            let store = Fields::new(store, &top.path("store"));
+            match store.string("path", reporter)? {
+                Some(path) if path.trim().is_empty() => {
+                    return Err(reporter.error(&store.path("path"), "must not be empty"));
+                }
+                Some(path) => Some(std::path::PathBuf::from(path)),
+                None => {
+                    reporter.warn(
+                        &top.path("store"),
+                        "has no `path`; activity is kept in memory only",
+                    );
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    for (key, message) in [("upstream", "not supported by swapd and ignored")] {
         if top.get(key).is_some() {
             reporter.warn(&top.path(key), message);
         }
@@ -711,6 +724,7 @@ pub(crate) fn build(root: Value, reporter: &mut Reporter<'_>) -> Result<Config, 
         global_ttl: seconds(global_ttl),
         unload_timeout: seconds(unload_timeout),
         metrics_max_in_memory: usize::try_from(metrics_max_in_memory).unwrap_or(usize::MAX),
+        activity_store,
         api_keys,
         models: built,
         groups,

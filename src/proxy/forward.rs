@@ -14,6 +14,7 @@ use crate::supervisor::Lease;
 use crate::upstream::UpstreamError;
 
 use super::{App, ClientSocket};
+use crate::activity::inflight::Entry;
 
 /// The request as it will be sent upstream.
 pub struct Outgoing {
@@ -24,6 +25,10 @@ pub struct Outgoing {
     /// Content-Length already removed).
     pub headers: Vec<u8>,
     pub body: Vec<u8>,
+    /// Whether the request gets an activity row: POSTs to the model-dispatched inference
+    /// routes, directly or through `/upstream/<model>/`, as llama-swap meters them (not a
+    /// passthrough `GET /health`, for instance).
+    pub metered: bool,
 }
 
 /// Headers that describe one connection, not the message, and must not be forwarded.
@@ -53,15 +58,32 @@ pub struct Outcome {
     pub usage: crate::metrics::TokenUsage,
     /// For streamed (SSE) responses: from sending upstream to the first body byte.
     pub time_to_first_token: Option<std::time::Duration>,
+    /// The response's `Content-Type`, for the activity log (empty when there was none).
+    pub content_type: String,
+    /// For the activity log's `error_msg`: the start of a non-200 body, or swapd's message.
+    pub error: Option<OutcomeError>,
 }
 
+/// Why a forward did not end with a 200, as far as the activity log is concerned.
+pub enum OutcomeError {
+    /// The first bytes (at most [`ERROR_BODY_BYTES`]) of the upstream's error body.
+    Body(Vec<u8>),
+    /// swapd's own message (transport failure, cancel).
+    Message(String),
+}
+
+/// How much of an upstream error body is kept for the activity log's `error_msg`.
+pub const ERROR_BODY_BYTES: usize = 4096;
+
 impl Outcome {
-    fn failed(status: u16, bytes: u64) -> Outcome {
+    fn failed(status: u16, bytes: u64, message: String) -> Outcome {
         Outcome {
             status,
             bytes,
             usage: Default::default(),
             time_to_first_token: None,
+            content_type: String::new(),
+            error: Some(OutcomeError::Message(message)),
         }
     }
 }
@@ -115,6 +137,7 @@ pub fn forward(
     client: &ClientSocket,
     lease: Lease,
     outgoing: &Outgoing,
+    tracked: &Entry,
 ) -> Outcome {
     let model = lease.model().to_string();
     let base = lease.upstream().to_string();
@@ -124,7 +147,15 @@ pub fn forward(
         read_timeout: app.limits().upstream_timeout,
         connect_timeout: None,
     };
-    forward_to(app, destination, client, Some(lease), &target, outgoing)
+    forward_to(
+        app,
+        destination,
+        client,
+        Some(lease),
+        &target,
+        outgoing,
+        tracked,
+    )
 }
 
 /// Sends `outgoing` to `target` and streams the answer to the client; `lease` (if any) is
@@ -136,6 +167,7 @@ pub fn forward_to(
     lease: Option<Lease>,
     target: &Target<'_>,
     outgoing: &Outgoing,
+    tracked: &Entry,
 ) -> Outcome {
     let model = target.kind.log_model().to_string();
     let sent_at = Instant::now();
@@ -152,20 +184,43 @@ pub fn forward_to(
     };
     let upstream_timeout = target.read_timeout;
     // `send` resends on a stale pooled connection and retries a failed new one once.
-    let sent = match target.connect_timeout {
-        None => app
-            .upstream
-            .send(target.base, &request, Some(upstream_timeout)),
-        Some(connect_timeout) => app.upstream.send_with_connect_timeout(
-            target.base,
-            &request,
-            Some(upstream_timeout),
-            connect_timeout,
-        ),
+    // Each connection the request goes out on is handed to the in-flight entry (as a `dup`),
+    // so an operator's cancel can cut the exchange, even while the upstream has not answered.
+    let observe = |socket: &std::net::TcpStream| {
+        if tracked.is_cancelled() {
+            return false;
+        }
+        if let Ok(socket) = socket.try_clone() {
+            tracked.attach_upstream(socket);
+        }
+        true
     };
+    let sent = app.upstream.send_observed(
+        target.base,
+        &request,
+        Some(upstream_timeout),
+        target.connect_timeout,
+        &observe,
+    );
     let response = match sent {
         Ok(response) => response,
+        Err(_) if tracked.is_cancelled() => {
+            tracked.detach_upstream();
+            let message = cancel_message(&model);
+            log::info!("{message} before the upstream answered");
+            match destination {
+                Destination::Fresh(request) => {
+                    http::send_error(request, 503, &message, Some("request_cancelled"), &[])
+                }
+                Destination::Started(mut writer) => {
+                    let _ = writer.write_chunk(&sse_error(499, &message));
+                    let _ = writer.finish();
+                }
+            }
+            return Outcome::failed(499, 0, message);
+        }
         Err(error) => {
+            tracked.detach_upstream();
             let url = format!("{}{}", target.base, outgoing.path_and_query);
             let what = target.kind.describe();
             let (status, message) = match &error {
@@ -188,7 +243,7 @@ pub fn forward_to(
                     let _ = writer.finish();
                 }
             }
-            return Outcome::failed(status, 0);
+            return Outcome::failed(status, 0, message);
         }
     };
     // The lease is given back as soon as the upstream body has been read in full, before the
@@ -202,6 +257,11 @@ pub fn forward_to(
         .header("content-type")
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let content_length = response.content_length();
+    let content_type = if app.request_metrics {
+        response.header("content-type").unwrap_or("").to_string()
+    } else {
+        String::new()
+    };
     let mut writer = match destination {
         Destination::Fresh(request) => {
             let mut headers: Vec<(&str, &str)> = response
@@ -221,10 +281,10 @@ pub fn forward_to(
                 // (prompt processing), and clients wait for the head before reading.
                 Ok(mut writer) if is_sse => match writer.write_chunk(&[]) {
                     Ok(()) => writer,
-                    Err(_) => return Outcome::failed(status, 0),
+                    Err(_) => return Outcome::failed(status, 0, client_left()),
                 },
                 Ok(writer) => writer,
-                Err(_) => return Outcome::failed(status, 0),
+                Err(_) => return Outcome::failed(status, 0, client_left()),
             }
         }
         Destination::Started(writer) => writer,
@@ -236,22 +296,39 @@ pub fn forward_to(
     let mut scanner =
         (app.request_metrics && !compressed).then(|| crate::metrics::UsageScanner::new(is_sse));
     let mut time_to_first_token = None;
+    let mut error_body = (status != 200 && app.request_metrics).then(Vec::new);
     let mut reader = response.into_body();
     let mut bytes = 0u64;
     let started = Instant::now();
     loop {
         // The body is written from the upstream connection's own buffer: no copy here.
         match reader.chunk() {
+            Ok([]) if tracked.is_cancelled() => {
+                // A cancel shut the socket down: for a body read until close, that looks
+                // like its end, but the client must see the response cut.
+                tracked.detach_upstream();
+                return cut_for_cancel(writer, client, is_sse, &model, bytes);
+            }
             Ok([]) => {
+                tracked.detach_upstream();
                 drop(lease.take());
+                // Dropping the body hands a chunked response's connection back to the pool
+                // (after the detach above), before the client sees the end and sends more.
+                drop(reader);
                 let _ = writer.finish();
                 break;
             }
             Ok(chunk) => {
                 let read = chunk.len();
                 if content_length == Some(bytes + read as u64) {
+                    tracked.detach_upstream();
                     drop(lease.take());
                 }
+                if let Some(kept) = error_body.as_mut() {
+                    let room = ERROR_BODY_BYTES.saturating_sub(kept.len());
+                    kept.extend_from_slice(&chunk[..read.min(room)]);
+                }
+                tracked.add_bytes(read as u64);
                 if bytes == 0 && is_sse {
                     time_to_first_token = Some(sent_at.elapsed());
                 }
@@ -267,7 +344,12 @@ pub fn forward_to(
                 }
                 reader.consume(read);
             }
+            Err(_) if tracked.is_cancelled() => {
+                tracked.detach_upstream();
+                return cut_for_cancel(writer, client, is_sse, &model, bytes);
+            }
             Err(error) => {
+                tracked.detach_upstream();
                 let message = format!(
                     "{} failed after {bytes} bytes ({:.1}s): {error}",
                     target.kind.describe(),
@@ -279,16 +361,72 @@ pub fn forward_to(
                 }
                 drop(writer);
                 client.cut();
-                return Outcome::failed(502, bytes);
+                return Outcome::failed(502, bytes, message);
             }
         }
     }
+    tracked.detach_upstream();
     Outcome {
         status,
         bytes,
         usage: scanner.map(|s| s.finish()).unwrap_or_default(),
         time_to_first_token,
+        content_type,
+        error: error_body.map(OutcomeError::Body),
     }
+}
+
+/// Adds the activity row of a finished forward (a metered request, local or peer).
+pub fn record_activity(
+    app: &App,
+    model: &str,
+    path: &str,
+    duration: std::time::Duration,
+    outcome: &Outcome,
+) {
+    let error = outcome.error.as_ref().map(|error| match error {
+        OutcomeError::Body(body) => crate::activity::ErrorSource::Body(body),
+        OutcomeError::Message(message) => crate::activity::ErrorSource::Message(message),
+    });
+    app.activity.record(crate::activity::Finished {
+        model,
+        path,
+        content_type: &outcome.content_type,
+        status: outcome.status,
+        duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+        usage: outcome.usage,
+        error,
+    });
+}
+
+/// The message recorded when the client left before the head could be sent.
+fn client_left() -> String {
+    "the client left before the response started".to_string()
+}
+
+/// The message of a request an operator cancelled.
+pub fn cancel_message(model: &str) -> String {
+    format!("request to model '{model}' was cancelled by an operator")
+}
+
+/// Ends a response an operator cancelled: an error event for a stream, then the client
+/// connection is shut down so the client sees the response end abnormally. The status
+/// recorded is 499 (nginx's "client closed request"), since no upstream status describes it.
+fn cut_for_cancel(
+    mut writer: ResponseWriter,
+    client: &ClientSocket,
+    is_sse: bool,
+    model: &str,
+    bytes: u64,
+) -> Outcome {
+    let message = cancel_message(model);
+    log::info!("{message} after {bytes} response bytes");
+    if is_sse {
+        let _ = writer.write_chunk(&sse_error(499, &message));
+    }
+    drop(writer);
+    client.cut();
+    Outcome::failed(499, bytes, message)
 }
 
 /// An error as one SSE event, for streams whose status line has already been sent.

@@ -11,6 +11,7 @@ pub mod origin;
 pub mod peers;
 mod routes;
 pub mod routing;
+mod ui_api;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
@@ -31,6 +32,10 @@ pub struct App {
     pub supervisor: Supervisor,
     pub logs: Arc<Logs>,
     pub metrics: Arc<Metrics>,
+    /// Finished requests in llama-swap's activity shape (bounded by `metricsMaxInMemory`).
+    pub activity: Arc<crate::activity::ActivityLog>,
+    /// Requests being served, for `/api/events` and cancelling.
+    pub inflight: crate::activity::inflight::Inflight,
     /// Connections to the upstreams, pooled per upstream.
     pub upstream: crate::upstream::Client,
     pub local_addr: SocketAddr,
@@ -63,11 +68,17 @@ impl App {
         local_addr: SocketAddr,
         reloads: crossbeam_channel::Sender<crate::reload::ReloadRequest>,
     ) -> App {
+        let activity = Arc::new(crate::activity::open(
+            config.metrics_max_in_memory,
+            config.activity_store.as_deref(),
+        ));
         App {
             config: RwLock::new(config),
             supervisor,
             logs,
             metrics,
+            activity,
+            inflight: crate::activity::inflight::Inflight::new(),
             upstream: crate::upstream::Client::new(Duration::from_secs(5)),
             local_addr,
             started_at: Instant::now(),

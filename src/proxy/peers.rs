@@ -200,8 +200,14 @@ pub fn forward(
         path_and_query,
         headers: peer_headers(app, &request, peer, &via),
         body,
+        metered: !matches!(call.source, ModelSource::Query),
     };
     let client = client_of_request(&request);
+    // Peer requests are in flight (and cancellable) like local ones.
+    let tracked = app
+        .inflight
+        .begin(call.requested, outgoing, request.remote_addr().copied());
+    let outgoing = tracked.entry.outgoing();
     let target = Target {
         base: &peer.proxy,
         kind: TargetKind::Peer {
@@ -217,7 +223,8 @@ pub fn forward(
         &client,
         None,
         &target,
-        &outgoing,
+        outgoing,
+        &tracked.entry,
     );
     if outcome.status == 502 && outcome.bytes == 0 {
         app.peers.wake_checker();
@@ -237,6 +244,10 @@ pub fn forward(
             usage: outcome.usage,
             time_to_first_token: outcome.time_to_first_token,
         });
+        if outgoing.metered {
+            // llama-swap records peer requests in its activity log too.
+            forward::record_activity(app, call.requested, path, started.elapsed(), &outcome);
+        }
     }
     log::info!(
         model = call.requested;

@@ -15,7 +15,7 @@ use crate::supervisor::{AcquireError, Phase, Reply};
 use super::extract::{self, ModelSource};
 use super::forward::{self, Destination, Outgoing};
 use super::origin;
-use super::{client_of_request, read_body, App};
+use super::{client_of_request, read_body, ui_api, App};
 
 pub fn handle(app: &App, request: tiny_http::Request, active: usize) {
     let method = request.method().as_str().to_ascii_uppercase();
@@ -69,13 +69,29 @@ pub fn handle(app: &App, request: tiny_http::Request, active: usize) {
     if app.is_shutting_down() {
         return http::send_error(request, 503, "swapd is shutting down", None, &[]);
     }
+    // The UI's files carry no data; its API calls are authorized like any other.
+    if ui_api::is_ui_path(path) {
+        return ui_api::serve_ui(request, &method, path);
+    }
+    if method == "GET" && path == "/" && ui_api::wants_html(&request) {
+        // Relative, so that it works under a reverse proxy's path prefix.
+        let _ = ResponseWriter::send_whole(request, 302, &[("Location", "ui/")], b"");
+        return;
+    }
     if !authorized(app, &request) {
+        // A page's own script (X-Requested-With, as the UI sends) gets no Basic challenge, so
+        // the browser shows no login dialog and the page can ask for the key itself.
+        let challenge: &[(&str, &str)] = if header(&request, "X-Requested-With").is_some() {
+            &[]
+        } else {
+            &[("WWW-Authenticate", "Basic realm=\"swapd\"")]
+        };
         return http::send_error(
             request,
             401,
             "unauthorized: a valid API key is required (Authorization: Bearer, x-api-key or Basic)",
             None,
-            &[("WWW-Authenticate", "Basic realm=\"swapd\"")],
+            challenge,
         );
     }
     if is_traversal(path) {
@@ -143,6 +159,9 @@ pub fn handle(app: &App, request: tiny_http::Request, active: usize) {
             let _ = ResponseWriter::send_whole(request, 302, &[("Location", "/v1/models")], b"");
         }
         _ => {
+            let Some(request) = ui_api::route(app, request, &method, path, query) else {
+                return;
+            };
             if method == "POST" && path.starts_with("/api/models/unload/") {
                 return unload_one(app, request, &path["/api/models/unload/".len()..]);
             }
@@ -435,6 +454,7 @@ fn model_request(
         path_and_query,
         headers: forwarded_headers(&request),
         body,
+        metered: !matches!(source, ModelSource::Query),
     };
     proxy_to(app, request, &model_id, outgoing, loading_state);
 }
@@ -449,9 +469,21 @@ fn proxy_to(
 ) {
     let started = Instant::now();
     let client = client_of_request(&request);
+    // The in-flight entry owns the request from here on (no copy of path or headers).
+    let tracked = app
+        .inflight
+        .begin(model_id, outgoing, request.remote_addr().copied());
+    let outgoing = tracked.entry.outgoing();
     if let Some(lease) = app.supervisor.try_lease(model_id) {
-        let outcome = forward::forward(app, Destination::Fresh(request), &client, lease, &outgoing);
-        return finished(app, model_id, &outgoing, started, outcome);
+        let outcome = forward::forward(
+            app,
+            Destination::Fresh(request),
+            &client,
+            lease,
+            outgoing,
+            &tracked.entry,
+        );
+        return finished(app, model_id, outgoing, started, outcome);
     }
     let mut ticket = app.supervisor.request(model_id);
     let mut request = Some(request);
@@ -473,15 +505,15 @@ fn proxy_to(
                     outgoing.method,
                     outgoing.path_and_query
                 );
-                record(
-                    app,
-                    model_id,
-                    &outgoing,
+                let outcome = forward::Outcome {
                     status,
-                    started,
-                    Default::default(),
-                    None,
-                );
+                    bytes: 0,
+                    usage: Default::default(),
+                    time_to_first_token: None,
+                    content_type: String::new(),
+                    error: Some(forward::OutcomeError::Message(message)),
+                };
+                record(app, model_id, outgoing, started, &outcome);
                 return;
             }
             Some(Reply::Queued) => {
@@ -498,6 +530,28 @@ fn proxy_to(
                 // Still waiting: if the client left, withdraw (dropping the ticket cancels).
                 if client.is_gone() {
                     log::info!(model = model_id; "client left while waiting for '{model_id}'; request withdrawn");
+                    return;
+                }
+                if tracked.entry.is_cancelled() {
+                    // Dropping the ticket withdraws the request from the queue.
+                    let message = forward::cancel_message(model_id);
+                    log::info!("{message} while it waited for the model");
+                    match (request.take(), loading.take()) {
+                        (Some(request), _) => {
+                            http::send_error(request, 503, &message, Some("request_cancelled"), &[])
+                        }
+                        (None, Some(stream)) => stream.fail(503, &message),
+                        (None, None) => {}
+                    }
+                    let outcome = forward::Outcome {
+                        status: 499,
+                        bytes: 0,
+                        usage: Default::default(),
+                        time_to_first_token: None,
+                        content_type: String::new(),
+                        error: Some(forward::OutcomeError::Message(message)),
+                    };
+                    record(app, model_id, outgoing, started, &outcome);
                     return;
                 }
                 if let Some(stream) = loading.as_mut() {
@@ -523,8 +577,8 @@ fn proxy_to(
         },
         (None, None) => return,
     };
-    let outcome = forward::forward(app, destination, &client, lease, &outgoing);
-    finished(app, model_id, &outgoing, started, outcome);
+    let outcome = forward::forward(app, destination, &client, lease, outgoing, &tracked.entry);
+    finished(app, model_id, outgoing, started, outcome);
 }
 
 /// Records a forwarded request in the metrics and the access log.
@@ -535,15 +589,7 @@ fn finished(
     started: Instant,
     outcome: forward::Outcome,
 ) {
-    record(
-        app,
-        model_id,
-        outgoing,
-        outcome.status,
-        started,
-        outcome.usage,
-        outcome.time_to_first_token,
-    );
+    record(app, model_id, outgoing, started, &outcome);
     log::info!(
         model = model_id;
         "{} {} model={model_id} {} {}B {:.1}ms",
@@ -555,15 +601,13 @@ fn finished(
     );
 }
 
-/// Adds a finished request to the metrics.
+/// Adds a finished request to the metrics and the activity log.
 fn record(
     app: &App,
     model_id: &str,
     outgoing: &Outgoing,
-    status: u16,
     started: Instant,
-    usage: crate::metrics::TokenUsage,
-    time_to_first_token: Option<Duration>,
+    outcome: &forward::Outcome,
 ) {
     if !app.request_metrics {
         return;
@@ -573,14 +617,18 @@ fn record(
         .split('?')
         .next()
         .unwrap_or_default();
+    let duration = started.elapsed();
     app.metrics.record_request(crate::metrics::RequestRecord {
         model: model_id,
         path,
-        status,
-        duration: started.elapsed(),
-        usage,
-        time_to_first_token,
+        status: outcome.status,
+        duration,
+        usage: outcome.usage,
+        time_to_first_token: outcome.time_to_first_token,
     });
+    if outgoing.metered {
+        forward::record_activity(app, model_id, path, duration, outcome);
+    }
 }
 
 fn acquire_error_status(
@@ -838,6 +886,9 @@ fn upstream(app: &App, mut request: tiny_http::Request, method: &str, rest: &str
         path_and_query,
         headers: forwarded_headers(&request),
         body,
+        metered: method == "POST"
+            && extract::route("POST", remainder)
+                .is_some_and(|(source, _)| !matches!(source, ModelSource::Query)),
     };
     proxy_to(app, request, &model_id, outgoing, false);
 }
@@ -940,10 +991,14 @@ fn model_status(app: &App) -> Value {
         .models
         .values()
         .map(|model| {
-            let state = statuses
+            let status = statuses.iter().find(|s| s.model == model.id);
+            let state = status.map_or("stopped", |s| s.phase.as_str());
+            // swapd's additions for its UI: the group, the TTL and the load right now.
+            let group = config
+                .groups
                 .iter()
-                .find(|s| s.model == model.id)
-                .map_or("stopped", |s| s.phase.as_str());
+                .find(|group| group.members.contains(&model.id))
+                .map(|group| group.id.as_str());
             json!({
                 "id": model.id,
                 "name": model.name.clone().unwrap_or_default(),
@@ -951,6 +1006,10 @@ fn model_status(app: &App) -> Value {
                 "state": state,
                 "unlisted": model.unlisted,
                 "aliases": model.aliases,
+                "group": group,
+                "ttl": model.ttl.as_secs(),
+                "inflight": status.map_or(0, |s| s.inflight),
+                "queued": status.map_or(0, |s| s.queued),
             })
         })
         .collect();
@@ -972,7 +1031,7 @@ fn events(app: &App, request: tiny_http::Request) {
     let client = client_of_request(&request);
     let (proxy_history, proxy_logs) = app.logs.proxy.subscribe();
     let (upstream_history, upstream_logs) = app.logs.upstream.subscribe();
-    let rows = app.metrics.subscribe_rows();
+    let rows = app.activity.subscribe();
     let Ok(mut writer) = ResponseWriter::start(request, 200, SSE_HEADERS, None) else {
         return;
     };
@@ -991,6 +1050,15 @@ fn events(app: &App, request: tiny_http::Request) {
         "profileChanged",
         &json!({ "active": profile }),
     ));
+    let mut inflight_seen = std::collections::HashMap::new();
+    let entries = app.inflight.snapshot();
+    let now: Vec<(u64, u64)> = entries.iter().map(|e| (e.id, e.bytes())).collect();
+    crate::activity::inflight::diff(&mut inflight_seen, &now);
+    let requests: Vec<Value> = entries.iter().map(|e| e.to_json()).collect();
+    first.extend_from_slice(&event_frame(
+        "inflight",
+        &json!({"operation": "snapshot", "requests": requests}),
+    ));
     if writer.write_chunk(&first).is_err() {
         return;
     }
@@ -999,7 +1067,7 @@ fn events(app: &App, request: tiny_http::Request) {
         let frame = crossbeam_channel::select! {
             recv(proxy_logs.receiver()) -> chunk => chunk.ok().map(|c| log_event("proxy", &c)),
             recv(upstream_logs.receiver()) -> chunk => chunk.ok().map(|c| log_event("upstream", &c)),
-            recv(rows) -> row => row.ok().map(|row| event_frame("activity", &row)),
+            recv(rows) -> row => row.ok().map(|row| event_frame("activity", &row.to_json())),
             default(Duration::from_millis(250)) => Some(Vec::new()),
         };
         let Some(mut frame) = frame else {
@@ -1020,6 +1088,22 @@ fn events(app: &App, request: tiny_http::Request) {
                 frame.extend_from_slice(&event_frame(
                     "profileChanged",
                     &json!({ "active": profile }),
+                ));
+            }
+            // In-flight changes, at most one update per request per 250 ms.
+            let entries = app.inflight.snapshot();
+            let now: Vec<(u64, u64)> = entries.iter().map(|e| (e.id, e.bytes())).collect();
+            let (upserts, removes) = crate::activity::inflight::diff(&mut inflight_seen, &now);
+            for entry in entries.iter().filter(|e| upserts.contains(&e.id)) {
+                frame.extend_from_slice(&event_frame(
+                    "inflight",
+                    &json!({"operation": "upsert", "request": entry.to_json()}),
+                ));
+            }
+            for id in removes {
+                frame.extend_from_slice(&event_frame(
+                    "inflight",
+                    &json!({"operation": "remove", "id": id}),
                 ));
             }
             if client.is_gone() || app.is_shutting_down() {

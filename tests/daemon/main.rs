@@ -1,5 +1,6 @@
 //! Integration tests: the real swapd binary with real fake-upstream children.
 
+mod activity;
 mod cli;
 mod common;
 mod lifecycle;
