@@ -88,6 +88,8 @@ pub struct TokenUsage {
     /// `draft_n`/`draft_n_accepted`, vLLM `metrics.speculative_decoding`).
     pub draft: Option<u64>,
     pub draft_accepted: Option<u64>,
+    /// llama.cpp's own processing time, `timings.prompt_ms + timings.predicted_ms`.
+    pub upstream_millis: Option<f64>,
 }
 
 /// The values of gauges that other parts of swapd own, passed to [`Metrics::render`].
@@ -1310,6 +1312,7 @@ impl Found {
             tokens_per_second: None,
             draft: None,
             draft_accepted: None,
+            upstream_millis: None,
         };
         // vLLM: prompt speed from the uncached prompt tokens over the time to first token,
         // generation speed from the mean inter-token latency (llama-swap's derivation).
@@ -1339,6 +1342,9 @@ impl Found {
                 .or_else(|| derived_rate(predicted_n, timings.predicted_ms));
             usage.draft = to_count(timings.draft_n).or(usage.draft);
             usage.draft_accepted = to_count(timings.draft_n_accepted).or(usage.draft_accepted);
+            let millis = to_rate(timings.prompt_ms).unwrap_or(0.0)
+                + to_rate(timings.predicted_ms).unwrap_or(0.0);
+            usage.upstream_millis = (millis > 0.0).then_some(millis);
         }
         usage
     }
@@ -2509,6 +2515,9 @@ mod tests {
         let body = br#"{"timings":{"prompt_n":5,"predicted_n":9,"predicted_per_second":30.0,"draft_n":6,"draft_n_accepted":4}}"#;
         let usage = scan(false, body);
         assert_eq!((usage.draft, usage.draft_accepted), (Some(6), Some(4)));
+        assert_eq!(usage.upstream_millis, None);
+        let body = br#"{"timings":{"prompt_ms":12.5,"predicted_ms":30.0}}"#;
+        assert_eq!(scan(false, body).upstream_millis, Some(42.5));
         assert_eq!((usage.input, usage.output), (Some(5), Some(9)));
     }
 
@@ -2583,7 +2592,12 @@ mod tests {
             tokens_per_second: Some(80.5),
             ..TokenUsage::default()
         };
-        assert_eq!(scan(false, body), expected);
+        // The body's timings also give llama.cpp's own time (prompt_ms + predicted_ms).
+        let with_time = TokenUsage {
+            upstream_millis: Some(240.0),
+            ..expected
+        };
+        assert_eq!(scan(false, body), with_time);
 
         // The same in a stream whose earlier chunks carry partial timings: the last one wins.
         let stream = concat!(

@@ -167,6 +167,16 @@ fn truncate_chars(text: &str, max: usize) -> String {
     }
 }
 
+/// A row's duration as llama-swap derives it: the wall time, or llama.cpp's own
+/// `prompt_ms + predicted_ms` when that is longer.
+pub fn duration_ms(wall_ms: u64, usage: &TokenUsage) -> u64 {
+    let upstream = usage
+        .upstream_millis
+        .filter(|ms| ms.is_finite() && *ms > 0.0)
+        .map_or(0, |ms| ms.ceil() as u64);
+    wall_ms.max(upstream)
+}
+
 /// Distinct names shared between rows; beyond this many each row gets its own copy (request
 /// paths under `/upstream/` are unbounded).
 const MAX_NAMES: usize = 256;
@@ -255,7 +265,7 @@ impl ActivityLog {
                 content_type: intern(&mut inner.names, finished.content_type),
                 status: finished.status,
                 tokens: Tokens::from_usage(&finished.usage),
-                duration_ms: finished.duration_ms,
+                duration_ms: duration_ms(finished.duration_ms, &finished.usage),
                 error_msg,
             };
             let copy = wants_row.then(|| Arc::new(row.clone()));
@@ -436,6 +446,18 @@ mod tests {
         assert_eq!(tokens["tokens_per_second"], 294.1);
         let stamp = row["timestamp"].as_str().expect("a string");
         assert!(query::parse_rfc3339_millis(stamp).is_some(), "{stamp}");
+    }
+
+    #[test]
+    fn duration_is_the_longer_of_wall_and_upstream_time() {
+        let timed = |millis| TokenUsage {
+            upstream_millis: millis,
+            ..TokenUsage::default()
+        };
+        assert_eq!(duration_ms(12, &timed(None)), 12);
+        assert_eq!(duration_ms(12, &timed(Some(30.2))), 31);
+        assert_eq!(duration_ms(50, &timed(Some(30.0))), 50);
+        assert_eq!(duration_ms(5, &timed(Some(f64::NAN))), 5);
     }
 
     #[test]

@@ -78,7 +78,9 @@ fn activity_rows_have_llama_swaps_shape_and_derivations() {
         .starts_with("application/json"));
     assert_eq!(plain["has_capture"], false);
     assert!(plain.get("error_msg").is_none(), "{plain}");
-    assert!(plain["duration_ms"].is_u64());
+    // At least llama.cpp's own prompt_ms + predicted_ms (13 + 17 in fake-upstream's timings),
+    // whatever the wall time.
+    assert!(plain["duration_ms"].as_u64() >= Some(30), "{plain}");
     assert!(plain["timestamp"]
         .as_str()
         .expect("timestamp")
