@@ -313,6 +313,17 @@ fn record(
         usage,
         time_to_first_token,
     });
+    // The Ollama routes are inference requests too: they get activity rows (the response
+    // type is not tracked here, and a failure's row carries only its status).
+    app.activity.record(crate::activity::Finished {
+        model: model_id,
+        path,
+        content_type: "",
+        status,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        usage,
+        error: None,
+    });
 }
 
 /// The header lines sent upstream: JSON, plus the client's credentials (an upstream started

@@ -584,3 +584,20 @@ fn cancel_while_the_upstream_has_not_answered() {
         200
     );
 }
+
+#[test]
+fn ollama_requests_get_activity_rows() {
+    let daemon = Daemon::start(&simple_config(&["a"], "", ""));
+    let reply = post_json(
+        &daemon.url("/api/chat"),
+        &json!({"model": "a", "stream": false, "messages": [{"role": "user", "content": "x"}]}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let page = activity(&daemon, "");
+    assert_eq!(page["total"], 1, "{page}");
+    let row = &page["data"][0];
+    assert_eq!(row["req_path"], "/api/chat");
+    assert_eq!(row["model"], "a");
+    assert_eq!(row["resp_status_code"], 200);
+    assert_eq!(row["tokens"]["output_tokens"], 10);
+}
