@@ -201,6 +201,9 @@ class TestUI(unittest.TestCase):
     def test_4_log_view_shows_a_line_printed_after_the_page_opened(self):
         self.view("logs")
         Select(self.driver.find_element(By.ID, "log-source")).select_by_value("upstream")
+        box = "const r = document.getElementById('log').getBoundingClientRect(); return [r.top, r.height];"
+        self.wait("the upstream history", lambda: self.driver.find_element(By.ID, "log").text)
+        before = self.js(box)
         # The slow model starts only now, so its lines are printed after the page opened.
         status, _, body = http("POST", self.swapd.base + "/v1/chat/completions",
                                {"model": "slow", "messages": [{"role": "user", "content": "hi"}]},
@@ -208,6 +211,8 @@ class TestUI(unittest.TestCase):
         self.assertEqual(status, 200, body)
         line = "fake-upstream[slow]: POST /v1/chat/completions"
         self.wait("the upstream's line in the log view", lambda: line in self.driver.find_element(By.ID, "log").text)
+        # Streaming lines scroll inside the log box; nothing on the page moves.
+        self.assertEqual(self.js(box), before)
         self.assert_same_document()
         self.shot("logs")
 
