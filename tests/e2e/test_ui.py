@@ -175,8 +175,9 @@ class TestUI(unittest.TestCase):
         self.wait("tiny-a ready in /running", lambda: self.swapd.running().get("tiny-a") == "ready")
         self.wait("the tiny-a row to turn ready", lambda: self.model_state("tiny-a") == "ready")
         self.assert_same_document()
-        ttl = self.driver.find_element(By.CSS_SELECTOR, "#models tr[data-model='tiny-a'] .ttl").text
-        self.assertTrue(ttl.startswith(("≈", "≤")), ttl)
+        # The TTL countdown shows once the Load request itself has finished ("busy" before).
+        ttl = lambda: self.driver.find_element(By.CSS_SELECTOR, "#models tr[data-model='tiny-a'] .ttl").text
+        self.wait("the TTL countdown", lambda: ttl().startswith(("≈", "≤")))
         self.shot("models")
 
     def test_3_openai_request_appears_in_the_activity_table(self):
