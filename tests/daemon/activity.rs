@@ -601,3 +601,42 @@ fn ollama_requests_get_activity_rows() {
     assert_eq!(row["resp_status_code"], 200);
     assert_eq!(row["tokens"]["output_tokens"], 10);
 }
+
+/// A fake-upstream run directly (a peer host), killed by pid on drop.
+struct PeerHost(std::process::Child);
+
+impl Drop for PeerHost {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn peer_requests_get_activity_rows() {
+    let port = free_port_range(1);
+    let _peer = PeerHost(
+        std::process::Command::new(FAKE)
+            .args(["--port", &port.to_string(), "--model", "m"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start fake-upstream"),
+    );
+    let mut config = simple_config(&["local"], "", "");
+    config.push_str(&format!(
+        "peers:\n  p:\n    proxy: http://127.0.0.1:{port}\n    models: [m]\n"
+    ));
+    let daemon = Daemon::start(&config);
+    let reply = wait_for("the peer to answer", Duration::from_secs(10), || {
+        let reply = post_json(&daemon.url("/v1/chat/completions"), &chat("p/m"));
+        (reply.status == 200).then_some(reply)
+    });
+    assert!(reply.body.contains("hello from m"), "{}", reply.body);
+    let page = activity(&daemon, "?model=p/m");
+    assert!(page["total"].as_u64() >= Some(1), "{page}");
+    let row = &page["data"][0];
+    assert_eq!(row["resp_status_code"], 200);
+    assert_eq!(row["tokens"]["output_tokens"], 10);
+}
