@@ -1,6 +1,6 @@
-//! A small HTTP/1.1 client for the proxy's traffic to upstream servers.
+//! A small HTTP/1.1 client for swapd's traffic to upstream servers, peers and health endpoints.
 //!
-//! ureq (still used for health probes) cost most of the proxy's CPU per request when profiled:
+//! ureq (which swapd no longer links) cost most of the proxy's CPU per request when profiled:
 //! it resolved `localhost` through getaddrinfo on every request (opening and reading
 //! `/etc/hosts` and friends), built an `http::Request`, and wrote the head and the body in two
 //! system calls through 128 KiB buffers. A proxy needs much less: one `Host`, the client's

@@ -5,6 +5,10 @@
 //! within it, and a refused or 503 probe on loopback costs microseconds), then back off by half
 //! each time up to 100 ms, so a model is seen ready within a few milliseconds of answering 200
 //! and a slow load is polled ten times a second.
+//!
+//! Probes go through swapd's own HTTP/1.1 client (`crate::upstream`), one client per probe with
+//! nothing pooled across probes: a probe is one short GET on loopback, and not linking a second
+//! HTTP client keeps the binary small.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,8 +25,10 @@ const FAST_PHASE: Duration = Duration::from_secs(1);
 const MAX_DELAY: Duration = Duration::from_millis(100);
 
 pub struct Probe {
-    pub agent: ureq::Agent,
-    pub url: String,
+    /// The model's server, e.g. `http://127.0.0.1:5800`.
+    pub base: String,
+    /// The health path, e.g. `/health`.
+    pub endpoint: String,
     pub model: String,
     pub generation: u64,
     pub timeout: Duration,
@@ -30,16 +36,9 @@ pub struct Probe {
     pub tx: Sender<Command>,
 }
 
-/// The agent used for health checks: short timeouts, statuses as data, no pooling surprises.
-pub fn probe_agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_connect(Some(Duration::from_secs(1)))
-        .timeout_per_call(Some(Duration::from_secs(2)))
-        .max_idle_connections(0)
-        .build()
-        .new_agent()
-}
+/// How long one probe may take to connect, and then to get its answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn start_probe(probe: Probe) {
     let spawned = thread::Builder::new()
@@ -52,6 +51,14 @@ pub fn start_probe(probe: Probe) {
 }
 
 fn run(probe: Probe) {
+    let client = crate::upstream::Client::new(CONNECT_TIMEOUT);
+    let request = crate::upstream::Request {
+        method: "GET",
+        path_and_query: &probe.endpoint,
+        headers: b"",
+        body: None,
+    };
+    let url = format!("{}{}", probe.base, probe.endpoint);
     let started = Instant::now();
     let deadline = started + probe.timeout;
     let mut delay = FAST_DELAY;
@@ -60,16 +67,16 @@ fn run(probe: Probe) {
         if probe.cancel.load(Ordering::Relaxed) {
             return;
         }
-        let last_problem = match probe.agent.get(&probe.url).call() {
-            Ok(response) if response.status().as_u16() == 200 => {
+        let last_problem = match client.send(&probe.base, &request, Some(ANSWER_TIMEOUT)) {
+            Ok(response) if response.status() == 200 => {
                 let _ = probe.tx.send(Command::HealthPassed {
                     model: probe.model,
                     generation: probe.generation,
                 });
                 return;
             }
-            Ok(response) => format!("{} answered {}", probe.url, response.status()),
-            Err(error) => format!("{}: {error}", probe.url),
+            Ok(response) => format!("{url} answered {}", response.status()),
+            Err(error) => format!("{url}: {error}"),
         };
         if Instant::now() >= deadline {
             let _ = probe.tx.send(Command::HealthFailed {

@@ -579,7 +579,6 @@ struct State {
     next_generation: u64,
     shutting_down: bool,
     shutdown_done: Vec<Sender<()>>,
-    probe_agent: ureq::Agent,
     gates: Gates,
     systemd: SystemdReport,
     /// Logs and counts the matrix router's decisions once each.
@@ -630,7 +629,6 @@ impl State {
             next_generation: 1,
             shutting_down: false,
             shutdown_done: Vec::new(),
-            probe_agent: health::probe_agent(),
             gates,
             systemd: SystemdReport::new(Arc::new(Notifier::disabled())),
             matrix_log: plan::DecisionLog::default(),
@@ -1071,8 +1069,8 @@ impl State {
                 let cancel = Arc::new(AtomicBool::new(false));
                 slot.probe_cancel = Some(cancel.clone());
                 health::start_probe(health::Probe {
-                    agent: self.probe_agent.clone(),
-                    url: format!("{}{}", config.proxy, endpoint),
+                    base: config.proxy.clone(),
+                    endpoint: endpoint.to_string(),
                     model: model.to_string(),
                     generation,
                     timeout: self.config.health_check_timeout,
