@@ -10,7 +10,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
+use crate::activity::inflight::Entry;
 use crate::http::ResponseWriter;
+use crate::proxy::forward::{cancel_message, cancellable, Outgoing};
 use crate::proxy::{client_of_request, read_body, App, ClientSocket};
 use crate::supervisor::{AcquireError, IdleOverride, Lease, Phase, Reply};
 use crate::upstream::UpstreamError;
@@ -213,8 +215,9 @@ fn acquire(
     explicit_load: bool,
     path: &str,
     started: Instant,
+    tracked: Option<&Entry>,
 ) -> Result<Lease, Option<Failure>> {
-    let result = wait_for_lease(app, model_id, client, explicit_load);
+    let result = wait_for_lease(app, model_id, client, explicit_load, tracked);
     if let Err(Some(failure)) = &result {
         record(
             app,
@@ -234,6 +237,7 @@ fn wait_for_lease(
     model_id: &str,
     client: &ClientSocket,
     explicit_load: bool,
+    tracked: Option<&Entry>,
 ) -> Result<Lease, Option<Failure>> {
     if let Some(lease) = app.supervisor.try_lease(model_id) {
         return Ok(lease);
@@ -273,6 +277,12 @@ fn wait_for_lease(
                 if client.is_gone() {
                     log::info!("client left while waiting for '{model_id}'; request withdrawn");
                     return Err(None);
+                }
+                if tracked.is_some_and(Entry::is_cancelled) {
+                    // Dropping the ticket withdraws the request from the queue.
+                    let message = cancel_message(model_id);
+                    log::info!("{message} while it waited for the model");
+                    return Err(Some(Failure::new(503, message)));
                 }
             }
         }
@@ -398,28 +408,44 @@ fn upstream_error_message(status: u16, bytes: &[u8]) -> String {
     }
 }
 
-/// Sends one JSON exchange upstream and returns the parsed answer (errors translated).
+/// Sends the in-flight entry's request upstream as one JSON exchange and returns the parsed
+/// answer (errors translated; an operator's cancel cuts it).
 fn exchange_json(
     app: &App,
     lease: Lease,
-    path: &str,
-    headers: &[u8],
-    body: &[u8],
+    tracked: &Entry,
 ) -> Result<(Value, crate::metrics::TokenUsage), Failure> {
     let timeout = app.limits().upstream_timeout;
+    let outgoing = tracked.outgoing();
+    let path = outgoing.path_and_query.as_str();
     let request = crate::upstream::Request {
         method: "POST",
         path_and_query: path,
-        headers,
-        body: Some(body),
+        headers: &outgoing.headers,
+        body: Some(&outgoing.body),
     };
-    let response = app
-        .upstream
-        .send(lease.upstream(), &request, Some(timeout))
-        .map_err(|error| upstream_failure(&lease, path, &error, timeout))?;
+    let cancelled = || Failure::new(503, cancel_message(lease.model()));
+    let sent = app.upstream.send_observed(
+        lease.upstream(),
+        &request,
+        Some(timeout),
+        None,
+        &cancellable(tracked),
+    );
+    let response = match sent {
+        Ok(response) => response,
+        Err(_) if tracked.is_cancelled() => return Err(cancelled()),
+        Err(error) => return Err(upstream_failure(&lease, path, &error, timeout)),
+    };
     let status = response.status();
     let mut reader = response.into_body();
-    let bytes = read_whole(&mut reader).map_err(|error| {
+    let bytes = read_whole(&mut reader);
+    drop(reader);
+    tracked.detach_upstream();
+    if tracked.is_cancelled() {
+        return Err(cancelled());
+    }
+    let bytes = bytes.map_err(|error| {
         Failure::new(
             502,
             format!(
@@ -428,7 +454,6 @@ fn exchange_json(
             ),
         )
     })?;
-    drop(reader);
     drop(lease);
     if status >= 400 {
         return Err(Failure::new(status, upstream_error_message(status, &bytes)));
@@ -496,8 +521,29 @@ fn generation(app: &App, mut request: tiny_http::Request, kind: Kind) {
         Ok(body) => body,
         Err(failure) => return failure.send(request),
     };
-    let headers = upstream_headers(&request);
-    let lease = match acquire(app, &resolved.id, &client, false, path, started) {
+    // The in-flight entry (for `/api/events` and the operator's cancel) owns the upstream
+    // request from here on.
+    let outgoing = Outgoing {
+        method: "POST".to_string(),
+        path_and_query: translated.endpoint.path().to_string(),
+        headers: upstream_headers(&request),
+        body: upstream_body,
+        metered: true,
+    };
+    let tracked = app
+        .inflight
+        .begin(&resolved.id, outgoing, request.remote_addr().copied());
+    let entry = &tracked.entry;
+    let outgoing = entry.outgoing();
+    let lease = match acquire(
+        app,
+        &resolved.id,
+        &client,
+        false,
+        path,
+        started,
+        Some(entry),
+    ) {
         Ok(lease) => lease,
         Err(failure) => return failure.map_or((), |failure| failure.send(request)),
     };
@@ -507,21 +553,42 @@ fn generation(app: &App, mut request: tiny_http::Request, kind: Kind) {
     app.supervisor
         .set_idle(&resolved.id, idle_override(translated.keep_alive));
 
-    let endpoint_path = translated.endpoint.path();
+    let endpoint_path = outgoing.path_and_query.as_str();
     let timeout = app.limits().upstream_timeout;
     let upstream_request = crate::upstream::Request {
         method: "POST",
         path_and_query: endpoint_path,
-        headers: &headers,
-        body: Some(&upstream_body),
+        headers: &outgoing.headers,
+        body: Some(&outgoing.body),
     };
     let sent_at = Instant::now();
-    let response = match app
-        .upstream
-        .send(lease.upstream(), &upstream_request, Some(timeout))
-    {
+    let sent = app.upstream.send_observed(
+        lease.upstream(),
+        &upstream_request,
+        Some(timeout),
+        None,
+        &cancellable(entry),
+    );
+    let response = match sent {
         Ok(response) => response,
+        Err(_) if entry.is_cancelled() => {
+            entry.detach_upstream();
+            drop(lease);
+            let message = cancel_message(&resolved.id);
+            log::info!("{message} before the upstream answered");
+            record(
+                app,
+                &resolved.id,
+                path,
+                499,
+                started,
+                Default::default(),
+                None,
+            );
+            return Failure::new(503, message).send(request);
+        }
         Err(error) => {
+            entry.detach_upstream();
             let failure = upstream_failure(&lease, endpoint_path, &error, timeout);
             log::warn!("{}", failure.message);
             drop(lease);
@@ -551,7 +618,9 @@ fn generation(app: &App, mut request: tiny_http::Request, kind: Kind) {
             load,
             sent_at,
         };
-        let (status, usage, first) = stream_ndjson(app, request, &mut reader, lease, &context);
+        let (status, usage, first) =
+            stream_ndjson(app, request, &mut reader, lease, &context, entry);
+        entry.detach_upstream();
         record(app, &resolved.id, path, status, started, usage, first);
         return;
     }
@@ -561,7 +630,22 @@ fn generation(app: &App, mut request: tiny_http::Request, kind: Kind) {
     let bytes = read_whole(&mut reader);
     drop(reader);
     drop(lease);
+    entry.detach_upstream();
     let bytes = match bytes {
+        Ok(_) | Err(_) if entry.is_cancelled() => {
+            let message = cancel_message(&resolved.id);
+            log::info!("{message} while the upstream answered");
+            record(
+                app,
+                &resolved.id,
+                path,
+                499,
+                started,
+                Default::default(),
+                None,
+            );
+            return Failure::new(503, message).send(request);
+        }
         Ok(bytes) => bytes,
         Err(error) => {
             let failure = Failure::new(
@@ -661,7 +745,7 @@ fn load_or_unload(
     if unload {
         app.supervisor.unload(Some(&resolved.id));
     } else {
-        match acquire(app, &resolved.id, client, true, path, started) {
+        match acquire(app, &resolved.id, client, true, path, started, None) {
             Ok(lease) => {
                 app.supervisor
                     .set_idle(&resolved.id, idle_override(translated.keep_alive));
@@ -700,6 +784,7 @@ fn stream_ndjson(
     reader: &mut crate::upstream::Body<'_>,
     lease: Lease,
     context: &StreamContext,
+    tracked: &Entry,
 ) -> (u16, crate::metrics::TokenUsage, Option<Duration>) {
     let mut lease = Some(lease);
     let client = client_of_request(&request);
@@ -737,17 +822,20 @@ fn stream_ndjson(
             }
             Ok(chunk) => chunk,
             Err(error) => {
-                let message = format!(
-                    "upstream for model '{}' failed during the stream: {error}",
-                    lease.as_ref().map_or("", |lease| lease.model())
-                );
+                let model = lease.as_ref().map_or("", |lease| lease.model());
+                let cancelled = tracked.is_cancelled();
+                let message = if cancelled {
+                    cancel_message(model)
+                } else {
+                    format!("upstream for model '{model}' failed during the stream: {error}")
+                };
                 log::warn!("{message}");
                 drop(lease.take());
                 out.clear();
                 stream::write_line(&mut out, &json!({ "error": message }));
                 let _ = writer.write_chunk(&out);
                 let _ = writer.finish();
-                return (502, Default::default(), None);
+                return (if cancelled { 499 } else { 502 }, Default::default(), None);
             }
         };
         let read = chunk.len();
@@ -760,6 +848,7 @@ fn stream_ndjson(
             first_piece = Some(Instant::now());
         }
         if !out.is_empty() {
+            tracked.add_bytes(out.len() as u64);
             if writer.write_chunk(&out).is_err() {
                 // The client went away: dropping the reader closes the upstream connection.
                 log::debug!(
@@ -843,8 +932,26 @@ fn embed(app: &App, mut request: tiny_http::Request, legacy: bool) {
             Err(failure) => return failure.send(request),
         }
     };
-    let headers = upstream_headers(&request);
-    let lease = match acquire(app, &resolved.id, &client, false, path, started) {
+    let outgoing = Outgoing {
+        method: "POST".to_string(),
+        path_and_query: "/v1/embeddings".to_string(),
+        headers: upstream_headers(&request),
+        body: upstream_bytes,
+        metered: true,
+    };
+    let tracked = app
+        .inflight
+        .begin(&resolved.id, outgoing, request.remote_addr().copied());
+    let entry = &tracked.entry;
+    let lease = match acquire(
+        app,
+        &resolved.id,
+        &client,
+        false,
+        path,
+        started,
+        Some(entry),
+    ) {
         Ok(lease) => lease,
         Err(failure) => return failure.map_or((), |failure| failure.send(request)),
     };
@@ -864,22 +971,21 @@ fn embed(app: &App, mut request: tiny_http::Request, legacy: bool) {
         );
         return send_json(request, 200, &empty());
     }
-    let (value, usage) =
-        match exchange_json(app, lease, "/v1/embeddings", &headers, &upstream_bytes) {
-            Ok(answer) => answer,
-            Err(failure) => {
-                record(
-                    app,
-                    &resolved.id,
-                    path,
-                    failure.status,
-                    started,
-                    Default::default(),
-                    None,
-                );
-                return failure.send(request);
-            }
-        };
+    let (value, usage) = match exchange_json(app, lease, entry) {
+        Ok(answer) => answer,
+        Err(failure) => {
+            record(
+                app,
+                &resolved.id,
+                path,
+                failure.status,
+                started,
+                Default::default(),
+                None,
+            );
+            return failure.send(request);
+        }
+    };
     let measured = Measured {
         total: started.elapsed(),
         load,

@@ -186,21 +186,12 @@ pub fn forward_to(
     // `send` resends on a stale pooled connection and retries a failed new one once.
     // Each connection the request goes out on is handed to the in-flight entry (as a `dup`),
     // so an operator's cancel can cut the exchange, even while the upstream has not answered.
-    let observe = |socket: &std::net::TcpStream| {
-        if tracked.is_cancelled() {
-            return false;
-        }
-        if let Ok(socket) = socket.try_clone() {
-            tracked.attach_upstream(socket);
-        }
-        true
-    };
     let sent = app.upstream.send_observed(
         target.base,
         &request,
         Some(upstream_timeout),
         target.connect_timeout,
-        &observe,
+        &cancellable(tracked),
     );
     let response = match sent {
         Ok(response) => response,
@@ -402,6 +393,21 @@ pub fn record_activity(
 /// The message recorded when the client left before the head could be sent.
 fn client_left() -> String {
     "the client left before the response started".to_string()
+}
+
+/// The `observe` callback for `upstream::Client::send_observed` that makes an exchange
+/// cancellable: each connection the request goes out on is handed to the in-flight entry (as a
+/// `dup`), and a request cancelled before it is sent is not sent at all.
+pub fn cancellable(tracked: &Entry) -> impl Fn(&std::net::TcpStream) -> bool + '_ {
+    move |socket| {
+        if tracked.is_cancelled() {
+            return false;
+        }
+        if let Ok(socket) = socket.try_clone() {
+            tracked.attach_upstream(socket);
+        }
+        true
+    }
 }
 
 /// The message of a request an operator cancelled.

@@ -602,6 +602,53 @@ fn ollama_requests_get_activity_rows() {
     assert_eq!(row["tokens"]["output_tokens"], 10);
 }
 
+#[test]
+fn ollama_requests_are_in_flight_and_can_be_cancelled() {
+    // The upstream holds its last event until a gate file appears (it never does here), so
+    // without the cancel the stream would hang until the client's 20 s read timeout.
+    let config = simple_config(
+        &["a"],
+        "    filters:\n      setParams:\n        stream_chunks: 3\n        gate_file: \"{DIR}/gate\"\n",
+        "",
+    );
+    let daemon = Daemon::start(&config);
+    let mut client = open_stream(
+        &daemon.addr,
+        "/api/chat",
+        &json!({"model": "a", "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let id = wait_for(
+        "the Ollama request in flight",
+        Duration::from_secs(10),
+        || only_inflight_id(&daemon),
+    );
+    let reply = post_json(
+        &daemon.url(&format!("/api/inflight/{id}/cancel")),
+        &json!({}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let mut received = Vec::new();
+    let _ = client.read_to_end(&mut received);
+    let received = String::from_utf8_lossy(&received);
+    assert!(received.contains("cancelled by an operator"), "{received}");
+    assert!(!received.contains("\"done\":true"), "{received}");
+    wait_for("the in-flight entry to go", Duration::from_secs(10), || {
+        only_inflight_id(&daemon).is_none().then_some(())
+    });
+    let row = &activity(&daemon, "")["data"][0];
+    assert_eq!(row["req_path"], "/api/chat");
+    assert_eq!(row["resp_status_code"], 499);
+    // The lease was released: the model answers the next request.
+    let reply = post_json(
+        &daemon.url("/api/chat"),
+        &json!({"model": "a", "stream": false, "messages": [{"role": "user", "content": "x"}]}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
 /// A fake-upstream run directly (a peer host), killed by pid on drop.
 struct PeerHost(std::process::Child);
 
