@@ -212,6 +212,9 @@ pub fn forward_to(
         }
         Err(error) => {
             tracked.detach_upstream();
+            // Released before the error goes out, for the same reason as below: a client that
+            // retries the moment it reads the error must find the slot free.
+            drop(lease);
             let url = format!("{}{}", target.base, outgoing.path_and_query);
             let what = target.kind.describe();
             let (status, message) = match &error {
@@ -347,6 +350,7 @@ pub fn forward_to(
                     started.elapsed().as_secs_f64()
                 );
                 log::warn!(model = model; "{message}");
+                drop(lease.take());
                 if is_sse {
                     let _ = writer.write_chunk(&sse_error(502, &message));
                 }
