@@ -554,7 +554,17 @@ fn handle(req: &Request, w: &mut TcpStream, opts: &Opts, started: Instant) -> io
         let status = status as u16;
         let err = json!({"error": {"code": status, "message": format!("simulated error {status}"),
                                    "type": "server_error"}});
-        respond_json(w, status, &err, close)?;
+        // A header of the upstream's own, so tests can check error answers pass through whole.
+        let body = err.to_string();
+        let out = format!(
+            "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nX-Fake-Upstream: {}\r\nContent-Length: {}\r\n{}\r\n{body}",
+            reason(status),
+            opts.model,
+            body.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        );
+        w.write_all(out.as_bytes())?;
+        w.flush()?;
         return Ok(true);
     }
     if body.get("stream").and_then(Value::as_bool) != Some(true) {

@@ -117,6 +117,9 @@ pub struct Daemon {
     pub addr: String,
     pub dir: TempDir,
     pub stderr: Arc<Mutex<String>>,
+    /// swapd's standard output, collected only for daemons started with
+    /// [`Daemon::start_capturing_stdout`] (the others send it to /dev/null).
+    pub stdout: Arc<Mutex<String>>,
     stopped: bool,
 }
 
@@ -128,6 +131,13 @@ impl Daemon {
 
     pub fn start_with_args(config: &str, extra: &[&str]) -> Daemon {
         Daemon::start_with_env(config, extra, &[])
+    }
+
+    /// Starts swapd with its standard output collected in [`Daemon::stdout`].
+    pub fn start_capturing_stdout(config: &str) -> Daemon {
+        Daemon::start_customised(config, &[], &[], |command| {
+            command.stdout(Stdio::piped());
+        })
     }
 
     /// Starts swapd with extra arguments and environment variables.
@@ -162,6 +172,15 @@ impl Daemon {
             .stderr(Stdio::piped());
         customise(&mut command);
         let mut child = command.spawn().expect("start swapd");
+        let stdout = Arc::new(Mutex::new(String::new()));
+        if let Some(pipe) = child.stdout.take() {
+            let stdout = stdout.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    stdout.lock().expect("stdout lock").push_str(&(line + "\n"));
+                }
+            });
+        }
         let stderr = child.stderr.take().expect("piped stderr");
         let collected = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -195,6 +214,7 @@ impl Daemon {
             addr,
             dir,
             stderr: collected,
+            stdout,
             stopped: false,
         }
     }

@@ -122,7 +122,24 @@ fn history_and_live_on_every_log_endpoint() {
     // no-history skips what came before.
     let mut stream = open_get(&daemon.addr, "/logs/stream/proxy?no-history");
     let mut seen = String::new();
-    read_until(&mut stream, &mut seen, "never", Duration::from_millis(500));
+    assert!(
+        read_until(&mut stream, &mut seen, "\r\n\r\n", Duration::from_secs(10)),
+        "no-history: no head: {seen:?}"
+    );
+    assert!(seen.starts_with("HTTP/1.1 200"), "no-history: {seen}");
+    // Something new after subscribing does arrive (so the stream is live), and nothing older.
+    assert_eq!(
+        post_json(
+            &daemon.url("/v1/chat/completions"),
+            &crate::common::chat("a")
+        )
+        .status,
+        200
+    );
+    assert!(
+        read_until(&mut stream, &mut seen, "model=a", Duration::from_secs(10)),
+        "no-history: the live line did not arrive: {seen}"
+    );
     assert!(!seen.contains("starting a"), "{seen}");
     let unknown = get(&daemon.url("/logs/stream/nope"));
     assert_eq!(unknown.status, 400);

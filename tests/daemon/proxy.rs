@@ -279,7 +279,7 @@ fn streaming_is_delivered_as_it_is_produced() {
     let mut stream = open_stream(
         &daemon.addr,
         "/v1/chat/completions",
-        &json!({"model": "a", "stream": true, "stream_chunks": 5, "stream_interval_ms": 200}),
+        &json!({"model": "a", "stream": true, "stream_chunks": 4, "stream_interval_ms": 1000}),
     );
     let mut arrivals = Vec::new();
     let mut all = Vec::new();
@@ -305,15 +305,19 @@ fn streaming_is_delivered_as_it_is_produced() {
         "{text}"
     );
     assert!(text.contains("[DONE]"));
+    // Four events produced a second apart arrive in (at least) four separate reads: an event
+    // held back until the next one would merge two of them. Counted, not timed: only a reader
+    // descheduled for a whole second could merge them on its own.
+    assert!(
+        arrivals.len() >= 4,
+        "events arrived together: {} reads with events at {arrivals:?}",
+        arrivals.len()
+    );
     let first = arrivals.first().copied().expect("events arrived");
     let last = arrivals.last().copied().expect("events arrived");
     assert!(
-        last - first >= Duration::from_millis(600),
+        last - first >= Duration::from_millis(2500),
         "events arrived together (first {first:?}, last {last:?})"
-    );
-    assert!(
-        first < Duration::from_millis(500),
-        "the first event was held back: {first:?}"
     );
 }
 
@@ -403,11 +407,28 @@ fn multipart_uploads_route_by_form_field() {
 #[test]
 fn upstream_errors_pass_through_untouched() {
     let daemon = Daemon::start(&simple_config(&["a"], "", ""));
-    let reply = post_json(
-        &daemon.url("/v1/chat/completions"),
-        &json!({"model": "a", "status": 418}),
-    );
-    assert_eq!(reply.status, 418);
+    for status in [418, 500, 503] {
+        let reply = post_json(
+            &daemon.url("/v1/chat/completions"),
+            &json!({"model": "a", "status": status}),
+        );
+        assert_eq!(reply.status, status, "{}", reply.body);
+        // The upstream's own body, byte for byte (not swapd's error envelope)...
+        let expected = json!({"error": {"code": status, "message": format!("simulated error {status}"),
+                                        "type": "server_error"}});
+        assert_eq!(reply.body, expected.to_string(), "status {status}");
+        // ...and its headers.
+        assert_eq!(
+            reply.header("x-fake-upstream"),
+            Some("a"),
+            "status {status}"
+        );
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/json"),
+            "status {status}"
+        );
+    }
 }
 
 #[test]
@@ -416,7 +437,6 @@ fn loading_state_streams_progress_then_the_answer() {
         &simple_config(&["a"], "    sendLoadingState: true\n", "")
             .replace("--model a", "--model a --startup-delay-ms 800"),
     );
-    let started = Instant::now();
     let mut stream = open_stream(
         &daemon.addr,
         "/v1/chat/completions",
@@ -424,10 +444,6 @@ fn loading_state_streams_progress_then_the_answer() {
     );
     let mut first = [0u8; 2048];
     let n = stream.read(&mut first).expect("immediate answer");
-    assert!(
-        started.elapsed() < Duration::from_millis(600),
-        "the loading stream starts at once"
-    );
     let head = String::from_utf8_lossy(&first[..n]).to_string();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let mut rest = Vec::new();
@@ -448,11 +464,18 @@ fn loading_state_streams_progress_then_the_answer() {
     assert!(all.contains("loading model: a"), "{all}");
     assert!(all.contains("Done!"), "{all}");
     assert!(all.contains("tok0"), "the real stream follows: {all}");
+    // The stream started while the model was still loading (checked by order, not by time):
+    // progress comes first, and only a model that is not ready yet gets progress.
+    assert!(
+        all.find("loading model: a") < all.find("tok0"),
+        "the progress came after the answer: {all}"
+    );
 }
 
-/// Behaviour check, not a proof of the retry: ureq already drops pooled connections whose FIN
-/// has arrived, so this passes even without forward.rs's resend; the resend covers the narrower
-/// race where the upstream closes just as a request is written, which this test rarely hits.
+/// Behaviour check, not a proof of the retry: the upstream client (src/upstream.rs) already
+/// drops pooled connections whose FIN has arrived before reusing them, so this passes even
+/// without its resend on a stale pooled connection; the resend covers the narrower race where
+/// the upstream closes just as a request is written, which this test rarely hits.
 #[test]
 fn stale_pooled_upstream_connections_never_become_errors() {
     // fake-upstream closes the connection after every streamed response without saying so,

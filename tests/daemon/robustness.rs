@@ -987,7 +987,7 @@ fn slowloris_connections_are_cut_and_do_not_starve_others() {
     let daemon = Daemon::start(&simple_config(
         &["a"],
         "",
-        "swapd:\n  headerTimeout: 5\n  upstreamTimeout: 2\n",
+        "logLevel: debug\nswapd:\n  headerTimeout: 5\n  upstreamTimeout: 2\n",
     ));
     assert_still_serving(&daemon, "a", "start");
     let stop = Arc::new(AtomicBool::new(false));
@@ -1065,7 +1065,16 @@ fn slowloris_connections_are_cut_and_do_not_starve_others() {
     for (id, at) in &closed {
         assert!(
             *at >= Duration::from_millis(4500),
-            "slowloris connection {id} closed after {at:?}, before headerTimeout (5 s)"
+            "slowloris connection {id} closed after {at:?}, before headerTimeout (5 s); \
+             swapd's closing lines:\n{}",
+            daemon
+                .stderr
+                .lock()
+                .expect("lock")
+                .lines()
+                .filter(|line| line.contains("clos") || line.contains("thread"))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
     assert_still_serving(&daemon, "a", "slowloris");
@@ -1200,16 +1209,20 @@ fn abandoned_connections_leave_no_threads_or_memory_behind() {
     let (baseline_threads, baseline_rss, baseline_fds) = {
         let mut last = (usize::MAX, usize::MAX);
         let mut stable_since = Instant::now();
-        wait_for("swapd's threads to settle", Duration::from_secs(120), || {
-            let (threads, rss) = proc_status(pid);
-            let now = (threads, open_fds(pid));
-            if now != last {
-                last = now;
-                stable_since = Instant::now();
-                return None;
-            }
-            (stable_since.elapsed() >= Duration::from_secs(2)).then_some((threads, rss, now.1))
-        })
+        wait_for(
+            "swapd's threads to settle",
+            Duration::from_secs(120),
+            || {
+                let (threads, rss) = proc_status(pid);
+                let now = (threads, open_fds(pid));
+                if now != last {
+                    last = now;
+                    stable_since = Instant::now();
+                    return None;
+                }
+                (stable_since.elapsed() >= Duration::from_secs(2)).then_some((threads, rss, now.1))
+            },
+        )
     };
     let body = json!({"model": "a", "stream": true, "stream_chunks": 20, "stream_interval_ms": 20})
         .to_string();
@@ -2078,7 +2091,12 @@ fn api_keys_never_appear_in_logs() {
         let mut stream = TcpStream::connect(&daemon.addr).expect("connect");
         stream.write_all(request.as_bytes()).expect("write");
         let streamed = read_stream(&mut stream, Duration::from_secs(30));
-        assert_eq!(streamed.status(), Some(200), "{headers:?}: {}", streamed.head());
+        assert_eq!(
+            streamed.status(),
+            Some(200),
+            "{headers:?}: {}",
+            streamed.head()
+        );
         assert!(
             streamed.complete && streamed.text().contains("[DONE]"),
             "{headers:?}: the stream did not finish: {}",

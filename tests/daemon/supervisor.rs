@@ -101,6 +101,50 @@ fn read_to_end_of_stream(stream: &mut std::net::TcpStream) -> String {
     String::from_utf8_lossy(&all).into_owned()
 }
 
+/// `swapd_queue_depth` from /metrics: requests waiting for a model.
+fn queue_depth(daemon: &Daemon) -> usize {
+    let metrics = get(&daemon.url("/metrics")).body;
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("swapd_queue_depth"))
+        .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
+        .sum::<f64>() as usize
+}
+
+/// The process group of a live process, from /proc/<pid>/stat.
+fn process_group(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
+}
+
+/// What the upstream `model` wrote so far (its own log history).
+fn upstream_log(daemon: &Daemon, model: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(&daemon.addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET /logs/stream/{model} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut all = Vec::new();
+    let mut buffer = [0u8; 8192];
+    // The history comes at once; the stream then stays open, so read until a pause.
+    while let Ok(n) = stream.read(&mut buffer) {
+        if n == 0 {
+            break;
+        }
+        all.extend_from_slice(&buffer[..n]);
+    }
+    String::from_utf8_lossy(&all).into_owned()
+}
+
 #[test]
 fn swap_waits_for_the_request_in_flight() {
     let daemon = Daemon::start(&simple_config(&["a", "b"], "", ""));
@@ -151,11 +195,17 @@ fn requests_are_collated_by_model() {
     let _ = slow.read(&mut first).expect("stream started");
     let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut threads = Vec::new();
+    // Each request is sent once the ones before it are queued (swapd_queue_depth) or answered,
+    // so they arrive in this order however slow the machine is.
     for (index, model) in ["b", "a", "b"].into_iter().enumerate() {
+        wait_for(
+            &format!("{index} request(s) queued or answered"),
+            Duration::from_secs(30),
+            || (queue_depth(&daemon) + order.lock().expect("order").len() == index).then_some(()),
+        );
         let addr = daemon.addr.clone();
         let order = order.clone();
         threads.push(std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(30 * index as u64));
             let reply = post_json(&format!("http://{addr}/v1/chat/completions"), &chat(model));
             assert_eq!(reply.status, 200);
             order.lock().expect("order").push(model);
@@ -219,21 +269,28 @@ fn a_queued_client_that_leaves_does_not_trigger_a_swap() {
     );
     let mut first = [0u8; 64];
     let _ = slow.read(&mut first).expect("stream started");
-    // b queues behind a's stream, then its client goes away.
+    // b queues behind a's stream (seen in swapd_queue_depth), then its client goes away, and
+    // swapd notices (the queue is empty again) while a's stream still runs.
     let queued = open_stream(&daemon.addr, "/v1/chat/completions", &chat("b"));
-    std::thread::sleep(Duration::from_millis(100)); // let the request reach the queue
+    wait_for("b queued", Duration::from_secs(30), || {
+        (queue_depth(&daemon) == 1).then_some(())
+    });
     drop(queued);
-    read_to_end_of_stream(&mut slow);
-    // Give the supervisor time to (wrongly) swap, then check a still runs and b never started.
-    let deadline = Instant::now() + Duration::from_millis(1500);
-    while Instant::now() < deadline {
-        assert!(
-            daemon.running_states().iter().all(|(m, _)| m == "a"),
-            "b was started for a client that had left: {:?}",
-            daemon.running_states()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for("b withdrawn", Duration::from_secs(30), || {
+        (queue_depth(&daemon) == 0).then_some(())
+    });
+    let a_body = read_to_end_of_stream(&mut slow);
+    assert!(a_body.contains("[DONE]"), "a's stream was cut: {a_body}");
+    // After a's stream, a request for a is served by the same process: b was never started
+    // (it would have replaced a), checked by pid rather than by watching for a while.
+    let reply = post_json(&daemon.url("/v1/chat/completions"), &chat("a"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["pid"].as_u64(), Some(u64::from(pid_a)));
+    assert!(
+        daemon.running_states().iter().all(|(m, _)| m == "a"),
+        "b was started for a client that had left: {:?}",
+        daemon.running_states()
+    );
     assert!(pid_alive(pid_a));
 }
 
@@ -315,19 +372,17 @@ fn a_child_that_fails_to_start_gives_a_clear_error_then_retries() {
         "startPort: {start_port}\nmodels:\n  broken:\n    cmd: {{FAKE}} --port ${{PORT}} --exit-immediately 7 --pid-file {{DIR}}/b.pid\n"
     );
     let daemon = Daemon::start(&config);
-    let started = Instant::now();
     let reply = post_json(&daemon.url("/v1/chat/completions"), &chat("broken"));
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "failure must be reported at once"
-    );
     assert_eq!(reply.status, 503, "{}", reply.body);
     let message = reply.json()["error"]["message"]
         .as_str()
         .unwrap_or_default()
         .to_string();
     assert!(message.contains("broken"), "{message}");
+    // Reported because the process exited (not after healthCheckTimeout): checked by the
+    // reason in the message, not by how long it took.
     assert!(message.contains("exit code 7"), "{message}");
+    assert!(!message.contains("health check"), "{message}");
     assert!(
         message.contains("simulated failure"),
         "the last log lines: {message}"
@@ -351,8 +406,8 @@ fn health_check_timeout_fails_waiters() {
     let waited = started.elapsed();
     assert_eq!(reply.status, 503, "{}", reply.body);
     assert!(
-        waited >= Duration::from_secs(14) && waited < Duration::from_secs(25),
-        "{waited:?}"
+        waited >= Duration::from_secs(14),
+        "failed after {waited:?}, before healthCheckTimeout (15 s)"
     );
     assert!(reply.body.contains("health check"), "{}", reply.body);
     wait_for("child stopped", Duration::from_secs(10), || {
@@ -379,7 +434,6 @@ fn a_child_ignoring_sigterm_is_killed_after_the_grace() {
         took >= Duration::from_millis(900),
         "SIGKILL came before the grace: {took:?}"
     );
-    assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
 #[test]
@@ -424,9 +478,30 @@ fn sigterm_stops_every_child_and_exits_zero() {
     );
     let children = daemon.children();
     assert!(children.len() >= 2, "{children:?}");
+    // The grandchild (`sleep 1000`) has no marker in its command line; b says its pid.
+    let grandchild = wait_for(
+        "b to report its grandchild",
+        Duration::from_secs(30),
+        || {
+            let log = upstream_log(&daemon, "b");
+            log.split("spawned grandchild pid ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+        },
+    );
+    assert!(pid_alive(grandchild), "the grandchild {grandchild} runs");
+    assert_eq!(
+        process_group(grandchild),
+        process_group(daemon.pid_of("b").expect("b runs")),
+        "the grandchild is in b's process group"
+    );
     assert_eq!(daemon.terminate(), Some(0));
-    wait_for("children gone", Duration::from_secs(5), || {
+    wait_for("children gone", Duration::from_secs(30), || {
         children.iter().all(|&pid| !pid_alive(pid)).then_some(())
+    });
+    wait_for("the grandchild gone", Duration::from_secs(30), || {
+        (!pid_alive(grandchild)).then_some(())
     });
 }
 
