@@ -16,6 +16,8 @@ pub mod memory;
 pub mod plan;
 pub mod process;
 pub mod sampler;
+#[cfg(test)]
+mod stale_tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::process::ExitStatus;

@@ -120,6 +120,8 @@ pub struct Daemon {
     /// swapd's standard output, collected only for daemons started with
     /// [`Daemon::start_capturing_stdout`] (the others send it to /dev/null).
     pub stdout: Arc<Mutex<String>>,
+    /// Set once swapd's standard output reached its end (only when it is collected).
+    pub stdout_ended: Arc<std::sync::atomic::AtomicBool>,
     stopped: bool,
 }
 
@@ -173,12 +175,14 @@ impl Daemon {
         customise(&mut command);
         let mut child = command.spawn().expect("start swapd");
         let stdout = Arc::new(Mutex::new(String::new()));
+        let stdout_ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
         if let Some(pipe) = child.stdout.take() {
-            let stdout = stdout.clone();
+            let (stdout, ended) = (stdout.clone(), stdout_ended.clone());
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                     stdout.lock().expect("stdout lock").push_str(&(line + "\n"));
                 }
+                ended.store(true, Ordering::SeqCst);
             });
         }
         let stderr = child.stderr.take().expect("piped stderr");
@@ -215,6 +219,7 @@ impl Daemon {
             dir,
             stderr: collected,
             stdout,
+            stdout_ended,
             stopped: false,
         }
     }

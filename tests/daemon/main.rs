@@ -10,6 +10,7 @@ mod observability;
 mod ollama;
 mod ops;
 mod peers;
+mod promises;
 mod proxy;
 mod reload;
 mod robustness;
