@@ -3,7 +3,9 @@
 # are killed every few seconds. Every request must end visibly: a success, or an error the
 # client can see (a JSON error body, or an SSE error event in a stream). A request that gets
 # no response at all (reset, EOF before the status line, or a hang past the deadline) is
-# "lost"; the script exits non-zero if any request was lost.
+# "lost"; one whose response started and then ended early without an error event (or an error
+# status without an error object) is "cut short". The script exits non-zero if any request was
+# lost or cut short: both are failures the client could not see clearly.
 #
 # Usage: tests/soak.sh            (make soak)
 # Environment: SOAK_SECONDS (traffic duration, default 100), SOAK_WORKERS (concurrent
@@ -353,7 +355,13 @@ for example in cut_examples:
 accounted = counts["ok"] + counts["client_disconnected"] + counts["failed_clear"] + counts["failed_cut"] + counts["lost"]
 if accounted != sent:
     print(f"  WARNING: {sent - accounted} requests unaccounted for")
-if lost > 0 or not after_ok or accounted != sent:
-    sys.exit(1)
+if lost > 0 or counts["failed_cut"] > 0 or not after_ok or accounted != sent:
+    reasons = [why for why, bad in [
+        (f"{lost} lost", lost > 0),
+        (f"{counts['failed_cut']} cut short without an error event", counts["failed_cut"] > 0),
+        ("not every model answers after the run", not after_ok),
+        (f"{sent - accounted} unaccounted for", accounted != sent),
+    ] if bad]
+    sys.exit("soak: FAILED: " + "; ".join(reasons))
 PY
 echo "soak: swapd's own log had $(grep -c 'WARN\|ERROR' "$WORK/swapd.out" 2>/dev/null || echo 0) warning/error lines"
