@@ -682,14 +682,22 @@ class TestUpstreamSignals(SwapdTestCase):
 
     def test_swap_stops_upstream_promptly(self):
         # llama-server exits within milliseconds of SIGTERM, so a swap must not
-        # wait for a SIGKILL grace period.
+        # wait for a SIGKILL grace period. Checked by how tiny-a ended (swapd logs
+        # the exit: SIGTERM handled, not SIGKILL after the grace), not by a time
+        # bound, which a loaded machine would break; the time is only reported.
         chat(self.client, "tiny-a", max_tokens=4)
         t = time.monotonic()
         chat(self.client, "tiny-b", max_tokens=4)
         elapsed = time.monotonic() - t
         info(f"swap a->b took {1000 * elapsed:.0f} ms")
-        self.assertLess(elapsed, 5.0, "swap waited for the stop grace period: "
-                                      "does llama-server receive swapd's SIGTERM?")
+        status, _, body = self.swapd.get("/logs")
+        self.assertEqual(status, 200)
+        log = body.decode(errors="replace") if isinstance(body, bytes) else body
+        stopped = [line for line in log.splitlines() if "tiny-a stopped (" in line]
+        self.assertTrue(stopped, f"no stop line for tiny-a in swapd's log:\n{log[-2000:]}")
+        self.assertNotIn("SIGKILL", stopped[-1],
+                         "swap waited for the stop grace period and killed tiny-a: "
+                         "does llama-server receive swapd's SIGTERM?")
 
 
 class TestTiming(SwapdTestCase):
