@@ -934,6 +934,9 @@ fn upstream_paths_cannot_escape_the_model() {
 fn idle_and_dawdling_connections_are_closed_after_the_header_timeout() {
     let daemon = Daemon::start(&simple_config(&["a"], "", SHORT_TIMEOUTS));
     assert_still_serving(&daemon, "a", "start");
+    // Taken before the first connection, so "closed after" can only overstate the time each
+    // connection was open (the lower bound below stays safe on a slow machine).
+    let started = Instant::now();
     let mut silent = TcpStream::connect(&daemon.addr).expect("connect");
     let mut partial = TcpStream::connect(&daemon.addr).expect("connect");
     partial.write_all(b"GET /v1/mo").expect("write");
@@ -947,7 +950,6 @@ fn idle_and_dawdling_connections_are_closed_after_the_header_timeout() {
         .expect("write");
     let answered = read_response(&mut kept, Duration::from_secs(5), Instant::now());
     assert_eq!(answered.status(), Some(200), "{}", answered.text());
-    let started = Instant::now();
     let mut open: Vec<(&str, &mut TcpStream)> = vec![
         ("silent", &mut silent),
         ("partial request line", &mut partial),
