@@ -34,6 +34,33 @@ fn read_all(stream: &mut TcpStream, timeout: Duration) -> String {
     String::from_utf8_lossy(&all).into_owned()
 }
 
+/// Reads one response with a Content-Length body from `stream` (bounded by a hang guard).
+fn read_one_response(stream: &mut TcpStream) -> String {
+    let mut seen = Vec::new();
+    read_until(stream, &mut seen, "\r\n\r\n");
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    let (head, _) = text.split_once("\r\n\r\n").expect("a head");
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no Content-Length: {head}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut buffer = [0u8; 8192];
+    while seen.len() < head.len() + 4 + length {
+        assert!(Instant::now() < deadline, "body never completed: {text}");
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&buffer[..n]),
+            Err(_) => {}
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
 /// Reads until `needle` has arrived on `stream` (bounded by a hang guard).
 fn read_until(stream: &mut TcpStream, seen: &mut Vec<u8>, needle: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -102,11 +129,12 @@ fn sigterm_lets_a_stream_in_flight_finish_and_refuses_new_requests() {
         .expect("write");
     let mut seen = Vec::new();
     read_until(&mut kept, &mut seen, "\r\n\r\nOK");
-    // A long stream: 40 events 150 ms apart.
+    // A long stream: 60 events 250 ms apart, so it is still in flight after the steps below
+    // even on a loaded machine (if it were not, the 503 below could not arrive).
     let mut stream = open_stream(
         &daemon.addr,
         "/v1/chat/completions",
-        &json!({"model": "a", "stream": true, "stream_chunks": 40, "stream_interval_ms": 150}),
+        &json!({"model": "a", "stream": true, "stream_chunks": 60, "stream_interval_ms": 250}),
     );
     let mut streamed = Vec::new();
     read_until(&mut stream, &mut streamed, "tok1");
@@ -126,8 +154,8 @@ fn sigterm_lets_a_stream_in_flight_finish_and_refuses_new_requests() {
         body.len()
     )
     .expect("write on the kept-alive connection");
-    // swapd closes the connection after the 503 (it is shutting down).
-    let refused = read_all(&mut kept, Duration::from_secs(60));
+    // Read by its Content-Length: swapd keeps the connection until it exits.
+    let refused = read_one_response(&mut kept);
     assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
     let envelope: serde_json::Value = serde_json::from_str(
         refused
@@ -149,7 +177,7 @@ fn sigterm_lets_a_stream_in_flight_finish_and_refuses_new_requests() {
     // The stream finishes whole, then swapd exits 0.
     let rest = read_all(&mut stream, Duration::from_secs(120));
     let all = String::from_utf8_lossy(&streamed).into_owned() + &rest;
-    assert!(all.contains("tok39"), "the stream was cut: {all}");
+    assert!(all.contains("tok59"), "the stream was cut: {all}");
     assert!(all.contains("[DONE]"), "the stream was cut: {all}");
     assert!(
         all.ends_with("0\r\n\r\n"),
@@ -175,13 +203,14 @@ fn get_log_line(daemon: &Daemon, needle: &str) -> Option<()> {
 fn requests_over_max_connections_get_503_with_the_error_envelope() {
     let daemon = Daemon::start(&simple_config(&["a"], "", "swapd:\n  maxConnections: 2\n"));
     chat_pid(&daemon, "a");
-    // Two streams in flight hold both places.
+    // Two streams in flight hold both places (10 s long, so they are still in flight when
+    // the third request comes, even on a loaded machine).
     let mut streams: Vec<(TcpStream, Vec<u8>)> = (0..2)
         .map(|_| {
             let mut stream = open_stream(
                 &daemon.addr,
                 "/v1/chat/completions",
-                &json!({"model": "a", "stream": true, "stream_chunks": 30, "stream_interval_ms": 100}),
+                &json!({"model": "a", "stream": true, "stream_chunks": 40, "stream_interval_ms": 250}),
             );
             let mut seen = Vec::new();
             read_until(&mut stream, &mut seen, "tok0");
@@ -382,11 +411,12 @@ fn reload_applies_concurrency_limits_live() {
     let port = free_port_range(2);
     let daemon = Daemon::start(&two_models(port, "", ""));
     let pid = chat_pid(&daemon, "a");
+    // 10 s long: still in flight when the request beside it comes, even on a loaded machine.
     let long_stream = || {
         let mut stream = open_stream(
             &daemon.addr,
             "/v1/chat/completions",
-            &json!({"model": "a", "stream": true, "stream_chunks": 30, "stream_interval_ms": 100}),
+            &json!({"model": "a", "stream": true, "stream_chunks": 40, "stream_interval_ms": 250}),
         );
         let mut seen = Vec::new();
         read_until(&mut stream, &mut seen, "tok0");
