@@ -331,13 +331,15 @@ fn client_disconnect_mid_stream_releases_the_slot() {
     let mut stream = open_stream(
         &daemon.addr,
         "/v1/chat/completions",
-        &json!({"model": "a", "stream": true, "stream_chunks": 200, "stream_interval_ms": 50}),
+        &json!({"model": "a", "stream": true, "stream_chunks": 1200, "stream_interval_ms": 50}),
     );
     let mut first = [0u8; 64];
     let _ = stream.read(&mut first).expect("stream started");
     drop(stream);
-    // With the limit at 1, a new request succeeds only once the slot was released.
-    let reply = wait_for("slot released", Duration::from_secs(3), || {
+    // With the limit at 1, a new request succeeds only once the slot was released, and the
+    // abandoned stream would run for another minute: a success within the (hang-guard)
+    // deadline means the release came from the client leaving.
+    let reply = wait_for("slot released", Duration::from_secs(30), || {
         let reply = post_json(&daemon.url("/v1/chat/completions"), &chat("a"));
         (reply.status == 200).then_some(reply)
     });

@@ -137,7 +137,7 @@ fn a_stream_in_flight_to_an_unchanged_model_survives_a_reload() {
     let mut stream = open_stream(
         &daemon.addr,
         "/v1/chat/completions",
-        &json!({"model": "d", "stream": true, "stream_chunks": 8, "stream_interval_ms": 100}),
+        &json!({"model": "d", "stream": true, "stream_chunks": 20, "stream_interval_ms": 250}),
     );
     let mut first = [0u8; 64];
     let _ = std::io::Read::read(&mut stream, &mut first).expect("stream started");
@@ -167,7 +167,7 @@ fn a_changed_model_finishes_its_stream_before_restarting() {
     let mut stream = open_stream(
         &daemon.addr,
         "/v1/chat/completions",
-        &json!({"model": "a", "stream": true, "stream_chunks": 6, "stream_interval_ms": 100}),
+        &json!({"model": "a", "stream": true, "stream_chunks": 20, "stream_interval_ms": 250}),
     );
     let mut first = [0u8; 64];
     let _ = std::io::Read::read(&mut stream, &mut first).expect("stream started");

@@ -152,11 +152,11 @@ fn swap_waits_for_the_request_in_flight() {
         post_json(&daemon.url("/v1/chat/completions"), &chat("a")).status,
         200
     );
-    // A slow stream on a: 10 chunks 100 ms apart.
+    // A slow stream on a: 20 chunks 250 ms apart (long enough to be in flight under load).
     let mut slow = open_stream(
         &daemon.addr,
         "/v1/chat/completions",
-        &json!({"model": "a", "stream": true, "stream_chunks": 10, "stream_interval_ms": 100}),
+        &json!({"model": "a", "stream": true, "stream_chunks": 20, "stream_interval_ms": 250}),
     );
     let mut first = [0u8; 64];
     let _ = slow.read(&mut first).expect("stream started");
@@ -189,7 +189,7 @@ fn requests_are_collated_by_model() {
     let mut slow = open_stream(
         &daemon.addr,
         "/v1/chat/completions",
-        &json!({"model": "a", "stream": true, "stream_chunks": 6, "stream_interval_ms": 100}),
+        &json!({"model": "a", "stream": true, "stream_chunks": 20, "stream_interval_ms": 250}),
     );
     let mut first = [0u8; 64];
     let _ = slow.read(&mut first).expect("stream started");
@@ -236,7 +236,7 @@ fn over_the_concurrency_limit_gets_429_before_streaming() {
     let mut slow = open_stream(
         &daemon.addr,
         "/v1/chat/completions",
-        &json!({"model": "a", "stream": true, "stream_chunks": 5, "stream_interval_ms": 100}),
+        &json!({"model": "a", "stream": true, "stream_chunks": 20, "stream_interval_ms": 250}),
     );
     let mut first = [0u8; 64];
     let _ = slow.read(&mut first).expect("stream started");
@@ -265,7 +265,7 @@ fn a_queued_client_that_leaves_does_not_trigger_a_swap() {
     let mut slow = open_stream(
         &daemon.addr,
         "/v1/chat/completions",
-        &json!({"model": "a", "stream": true, "stream_chunks": 8, "stream_interval_ms": 100}),
+        &json!({"model": "a", "stream": true, "stream_chunks": 20, "stream_interval_ms": 250}),
     );
     let mut first = [0u8; 64];
     let _ = slow.read(&mut first).expect("stream started");
