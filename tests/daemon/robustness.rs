@@ -1289,6 +1289,20 @@ fn abandoned_connections_leave_no_threads_or_memory_behind() {
         }
         drop(sockets);
     }
+    // The last wave's streams hold their slots (concurrencyLimit 10 by default) until swapd
+    // notices their clients left, at its next write: waited for on swapd_inflight, so that
+    // the request below meets free slots and any 429 is a real leak.
+    wait_for(
+        "the abandoned streams to give their slots back (swapd_inflight 0)",
+        Duration::from_secs(60),
+        || {
+            get(&daemon.url("/metrics"))
+                .body
+                .lines()
+                .any(|line| line.starts_with("swapd_inflight{model=\"a\"} 0"))
+                .then_some(())
+        },
+    );
     assert_still_serving(&daemon, "a", "2000 abandoned connections");
     let settled = Instant::now();
     let (cleaned, last) = loop {
