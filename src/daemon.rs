@@ -246,12 +246,15 @@ pub fn run(options: Options) -> Result<(), String> {
         "swapd {} listening on http://{local_addr}",
         env!("CARGO_PKG_VERSION")
     );
-    eprintln!("swapd: listening on http://{local_addr}");
-
-    preload(&supervisor, config.preload.clone());
+    // Watched from before the address is announced: an edit made by whoever reads the line
+    // below is always seen (the watcher's first look happens now).
     if options.watch_config {
         reload::watch(sources.clone(), Duration::from_secs(2), reload_tx.clone());
     }
+    // Tests and scripts read this line to learn the port when listening on port 0.
+    eprintln!("swapd: listening on http://{local_addr}");
+
+    preload(&supervisor, config.preload.clone());
     notifier.ready();
 
     // The main thread serves reloads one at a time until SIGTERM or SIGINT; systemd hears

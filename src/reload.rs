@@ -128,29 +128,29 @@ fn stamps(sources: &config::Sources) -> Option<Vec<(PathBuf, Stamp)>> {
 /// stable for one more short look (an editor may still be writing). A file that disappears is
 /// ignored until it comes back; in the directory, adding or removing a file is a change.
 pub fn watch(sources: config::Sources, interval: Duration, requests: Sender<ReloadRequest>) {
+    // The first stamp is taken here, before the daemon says it is listening, not when the
+    // thread first runs: a change made right after startup must count as a change.
+    let mut last = stamps(&sources);
     let spawned = thread::Builder::new()
         .name("config-watch".to_string())
         .stack_size(128 * 1024)
-        .spawn(move || {
-            let mut last = stamps(&sources);
-            loop {
-                thread::sleep(interval);
-                let Some(now) = stamps(&sources) else {
-                    continue;
-                };
-                if Some(&now) == last.as_ref() {
-                    continue;
-                }
-                thread::sleep(Duration::from_millis(100));
-                let settled = stamps(&sources);
-                if settled.as_ref() != Some(&now) {
-                    continue;
-                }
-                log::info!("{} changed; reloading", sources.describe());
-                last = settled;
-                if requests.send(ReloadRequest { reply: None }).is_err() {
-                    return;
-                }
+        .spawn(move || loop {
+            thread::sleep(interval);
+            let Some(now) = stamps(&sources) else {
+                continue;
+            };
+            if Some(&now) == last.as_ref() {
+                continue;
+            }
+            thread::sleep(Duration::from_millis(100));
+            let settled = stamps(&sources);
+            if settled.as_ref() != Some(&now) {
+                continue;
+            }
+            log::info!("{} changed; reloading", sources.describe());
+            last = settled;
+            if requests.send(ReloadRequest { reply: None }).is_err() {
+                return;
             }
         });
     if let Err(error) = spawned {
