@@ -137,9 +137,15 @@ impl Daemon {
 
     /// Starts swapd with its standard output collected in [`Daemon::stdout`].
     pub fn start_capturing_stdout(config: &str) -> Daemon {
-        Daemon::start_customised(config, &[], &[], |command| {
-            command.stdout(Stdio::piped());
-        })
+        Daemon::launch(
+            config,
+            &[],
+            &[],
+            |command| {
+                command.stdout(Stdio::piped());
+            },
+            true,
+        )
     }
 
     /// Starts swapd with extra arguments and environment variables.
@@ -154,6 +160,18 @@ impl Daemon {
         extra: &[&str],
         env: &[(&str, &str)],
         customise: impl FnOnce(&mut Command),
+    ) -> Daemon {
+        Daemon::launch(config, extra, env, customise, false)
+    }
+
+    /// `collect_stdout`: read swapd's (piped) stdout into [`Daemon::stdout`]; otherwise a
+    /// piped stdout is left in `child` for the caller.
+    fn launch(
+        config: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        customise: impl FnOnce(&mut Command),
+        collect_stdout: bool,
     ) -> Daemon {
         let dir = TempDir::new("daemon");
         let config = config
@@ -176,7 +194,7 @@ impl Daemon {
         let mut child = command.spawn().expect("start swapd");
         let stdout = Arc::new(Mutex::new(String::new()));
         let stdout_ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        if let Some(pipe) = child.stdout.take() {
+        if let Some(pipe) = collect_stdout.then(|| child.stdout.take()).flatten() {
             let (stdout, ended) = (stdout.clone(), stdout_ended.clone());
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
