@@ -67,6 +67,11 @@ struct State {
     active: usize,
     /// Of the active requests, those still receiving their body.
     reading: usize,
+    /// The active request declared a body that nobody has read yet. A handler that answers
+    /// without reading it (an error, a 503 for `maxConnections`) makes tiny_http drain the body
+    /// before the answer goes out, and a client that stalls it must be cut like one that
+    /// stalls a body being read.
+    body_owed: bool,
     /// When the connection was opened or its last request ended.
     idle_since: Instant,
     /// Whether the heap holds a deadline for this connection.
@@ -136,10 +141,19 @@ impl Drop for Registration {
 }
 
 impl Registration {
-    /// Marks a request on this connection as in progress until the returned value is dropped.
-    pub fn begin(&self) -> ActiveRequest {
+    /// Marks a request on this connection as in progress until the returned value is dropped;
+    /// `body_owed`: the request declared a body (it counts as being received until read).
+    pub fn begin(&self, body_owed: bool) -> ActiveRequest {
         if let Some(tracked) = &self.tracked {
-            tracked.state().active += 1;
+            let queue = {
+                let mut state = tracked.state();
+                state.active += 1;
+                state.body_owed = body_owed;
+                body_owed && !std::mem::replace(&mut state.queued, true)
+            };
+            if queue {
+                self.guard.queue(tracked.id, Instant::now());
+            }
         }
         ActiveRequest {
             guard: self.guard.clone(),
@@ -161,6 +175,7 @@ impl Drop for ActiveRequest {
             let queue = {
                 let mut state = tracked.state();
                 state.active = state.active.saturating_sub(1);
+                state.body_owed = false;
                 state.idle_since = now;
                 !std::mem::replace(&mut state.queued, true)
             };
@@ -182,6 +197,8 @@ impl Drop for ReadingBody {
         if let Some(tracked) = &self.tracked {
             let mut state = tracked.state();
             state.reading = state.reading.saturating_sub(1);
+            // The handler read the body (or gave up on it): nothing is owed any more.
+            state.body_owed = false;
         }
     }
 }
@@ -239,6 +256,7 @@ impl ConnectionGuard {
             state: Mutex::new(State {
                 active: 0,
                 reading: 0,
+                body_owed: false,
                 idle_since: now,
                 queued: true,
             }),
@@ -349,7 +367,7 @@ impl ConnectionGuard {
         let last_receive = last_receive_age(&socket);
         let decided = verdict(
             state.active,
-            state.reading,
+            state.reading + usize::from(state.body_owed),
             state.idle_since,
             now,
             last_receive,

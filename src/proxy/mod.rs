@@ -224,7 +224,15 @@ pub fn handler(app: Arc<App>) -> Arc<Handler> {
 }
 
 fn handle_one(app: &App, connection: &guard::Registration, request: tiny_http::Request) {
-    let marked = connection.begin();
+    // A declared body counts as being received until a handler reads it: answering without
+    // reading it makes tiny_http drain it first, which a stalling client must not make endless.
+    // Not with `Expect: 100-continue`: that client sends nothing until a read asks for it.
+    let has_header = |name: &'static str| request.headers().iter().any(|h| h.field.equiv(name));
+    let body_owed = !has_header("Expect")
+        && request
+            .body_length()
+            .map_or_else(|| has_header("Transfer-Encoding"), |length| length > 0);
+    let marked = connection.begin(body_owed);
     let active = app.active.fetch_add(1, Ordering::SeqCst) + 1;
     let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         routes::handle(app, request, active)

@@ -1131,6 +1131,37 @@ fn stalled_request_bodies_are_timed_out() {
     assert_still_serving(&daemon, "a", "stalled bodies");
 }
 
+/// A stalled body on a request that is answered without reading its body (an unknown route,
+/// or the 503 of `maxConnections`). Regression: tiny_http drains an unread body before the
+/// answer goes out, and the guard saw a request in progress that was not reading, so it never
+/// cut the connection: the thread, and a `maxConnections` slot, were held for good.
+#[test]
+fn stalled_bodies_of_requests_answered_unread_are_cut() {
+    let daemon = Daemon::start(&simple_config(&["a"], "", "swapd:\n  headerTimeout: 2\n"));
+    let mut stalled = Vec::new();
+    for path in ["/no/such/route", "/unload"] {
+        let mut stream = TcpStream::connect(&daemon.addr).expect("connect");
+        stream
+            .write_all(
+                format!(
+                    "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{{\"model\":\"a\""
+                )
+                .as_bytes(),
+            )
+            .expect("write");
+        stalled.push((path, stream, Instant::now()));
+    }
+    for (path, stream, started) in stalled.iter_mut() {
+        let raw = read_response(stream, Duration::from_secs(60), *started);
+        assert!(
+            !raw.hung(),
+            "{path}: a body stalled at 11 of 5000 bytes was neither answered nor closed after {:?}",
+            raw.elapsed
+        );
+    }
+    assert_still_serving(&daemon, "a", "stalled unread bodies");
+}
+
 /// An endless header line. Regression: tiny_http's `read_next_line` had no length limit, so
 /// swapd buffered the line until the guard cut the connection after 2×headerTimeout (a release
 /// build took 2.1 GB from one connection that way). The vendored reader now limits lines.
