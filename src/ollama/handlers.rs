@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
-use crate::activity::inflight::Entry;
+use crate::activity::inflight::{Entry, Tracked};
 use crate::http::ResponseWriter;
 use crate::proxy::forward::{cancel_message, cancellable, Outgoing};
 use crate::proxy::{client_of_request, read_body, App, ClientSocket};
@@ -289,6 +289,54 @@ fn wait_for_lease(
     }
 }
 
+/// A translated request about to be served: what [`admit`] needs.
+struct Admission<'a> {
+    model_id: &'a str,
+    /// The OpenAI-compatible endpoint and body sent upstream.
+    upstream_path: &'a str,
+    upstream_body: Vec<u8>,
+    keep_alive: Option<KeepAlive>,
+    /// The Ollama route, for the metrics.
+    path: &'a str,
+    started: Instant,
+}
+
+/// Registers the request in flight (the entry, for `/api/events` and the operator's cancel,
+/// owns the upstream request from here on), takes a lease on the model and applies
+/// `keep_alive` while the lease is held (so even "unload now" cannot stop the model before this
+/// request has run). Returns the entry, the lease and the time the model took to be ready.
+fn admit<'a>(
+    app: &'a App,
+    request: &tiny_http::Request,
+    client: &ClientSocket,
+    admission: Admission<'_>,
+) -> Result<(Tracked<'a>, Lease, Duration), Option<Failure>> {
+    let outgoing = Outgoing {
+        method: "POST".to_string(),
+        path_and_query: admission.upstream_path.to_string(),
+        headers: upstream_headers(request),
+        body: admission.upstream_body,
+        metered: true,
+    };
+    let model_id = admission.model_id;
+    let tracked = app
+        .inflight
+        .begin(model_id, outgoing, request.remote_addr().copied());
+    let lease = acquire(
+        app,
+        model_id,
+        client,
+        false,
+        admission.path,
+        admission.started,
+        Some(&tracked.entry),
+    )?;
+    let load = admission.started.elapsed();
+    app.supervisor
+        .set_idle(model_id, idle_override(admission.keep_alive));
+    Ok((tracked, lease, load))
+}
+
 /// What `keep_alive` does to the model's idle time; absent restores the config's `ttl`.
 fn idle_override(keep_alive: Option<KeepAlive>) -> Option<IdleOverride> {
     match keep_alive? {
@@ -521,37 +569,20 @@ fn generation(app: &App, mut request: tiny_http::Request, kind: Kind) {
         Ok(body) => body,
         Err(failure) => return failure.send(request),
     };
-    // The in-flight entry (for `/api/events` and the operator's cancel) owns the upstream
-    // request from here on.
-    let outgoing = Outgoing {
-        method: "POST".to_string(),
-        path_and_query: translated.endpoint.path().to_string(),
-        headers: upstream_headers(&request),
-        body: upstream_body,
-        metered: true,
-    };
-    let tracked = app
-        .inflight
-        .begin(&resolved.id, outgoing, request.remote_addr().copied());
-    let entry = &tracked.entry;
-    let outgoing = entry.outgoing();
-    let lease = match acquire(
-        app,
-        &resolved.id,
-        &client,
-        false,
+    let admission = Admission {
+        model_id: &resolved.id,
+        upstream_path: translated.endpoint.path(),
+        upstream_body,
+        keep_alive: translated.keep_alive,
         path,
         started,
-        Some(entry),
-    ) {
-        Ok(lease) => lease,
+    };
+    let (tracked, lease, load) = match admit(app, &request, &client, admission) {
+        Ok(admitted) => admitted,
         Err(failure) => return failure.map_or((), |failure| failure.send(request)),
     };
-    let load = started.elapsed();
-    // Sent while the lease is held: even "unload now" cannot stop the model before this
-    // request has run.
-    app.supervisor
-        .set_idle(&resolved.id, idle_override(translated.keep_alive));
+    let entry = &tracked.entry;
+    let outgoing = entry.outgoing();
 
     let endpoint_path = outgoing.path_and_query.as_str();
     let timeout = app.limits().upstream_timeout;
@@ -932,32 +963,19 @@ fn embed(app: &App, mut request: tiny_http::Request, legacy: bool) {
             Err(failure) => return failure.send(request),
         }
     };
-    let outgoing = Outgoing {
-        method: "POST".to_string(),
-        path_and_query: "/v1/embeddings".to_string(),
-        headers: upstream_headers(&request),
-        body: upstream_bytes,
-        metered: true,
-    };
-    let tracked = app
-        .inflight
-        .begin(&resolved.id, outgoing, request.remote_addr().copied());
-    let entry = &tracked.entry;
-    let lease = match acquire(
-        app,
-        &resolved.id,
-        &client,
-        false,
+    let admission = Admission {
+        model_id: &resolved.id,
+        upstream_path: "/v1/embeddings",
+        upstream_body: upstream_bytes,
+        keep_alive: parsed.keep_alive,
         path,
         started,
-        Some(entry),
-    ) {
-        Ok(lease) => lease,
+    };
+    let (tracked, lease, load) = match admit(app, &request, &client, admission) {
+        Ok(admitted) => admitted,
         Err(failure) => return failure.map_or((), |failure| failure.send(request)),
     };
-    let load = started.elapsed();
-    app.supervisor
-        .set_idle(&resolved.id, idle_override(parsed.keep_alive));
+    let entry = &tracked.entry;
     if parsed.inputs.is_empty() {
         drop(lease);
         record(
