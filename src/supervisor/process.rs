@@ -51,11 +51,15 @@ pub fn spawn(
     // Each reader holds a sender and drops it at end of stream, so the channel disconnects once
     // both pipes reached EOF: a wait group the reaper can wait on with a deadline.
     let (output_open, output_done) = crossbeam_channel::bounded::<()>(0);
+    // The reaper drops `exiting` once the child has exited, which ends the readers' batching
+    // pauses at once: the exit report waits for their EOF, and a stop must not wait 5 ms more.
+    let (exiting, exited) = crossbeam_channel::bounded::<()>(0);
     if let Some(stdout) = child.stdout.take() {
-        start_reader(stdout, sink.clone(), pid, "stdout", output_open.clone());
+        let readers = (output_open.clone(), exited.clone());
+        start_reader(stdout, sink.clone(), pid, "stdout", readers);
     }
     if let Some(stderr) = child.stderr.take() {
-        start_reader(stderr, sink, pid, "stderr", output_open);
+        start_reader(stderr, sink, pid, "stderr", (output_open, exited));
     }
     thread::Builder::new()
         .name(format!("reaper-{pid}"))
@@ -68,6 +72,7 @@ pub fn spawn(
             // zombie meanwhile (not reaped), so its pid, which names its process group, cannot
             // be reused while the supervisor may still signal that group.
             wait_for_exit_without_reaping(pid);
+            drop(exiting);
             let deadline = std::time::Instant::now() + OUTPUT_DRAIN_LIMIT;
             while output_done.recv_deadline(deadline).is_ok() {}
             let status = child.wait().unwrap_or_else(|_| ExitStatus::from_raw(-1));
@@ -139,13 +144,17 @@ const READ_BATCH_DELAY: Duration = Duration::from_millis(5);
 
 /// Reads a pipe and writes whole lines into the sink. A line longer than the read buffer is
 /// written in pieces; a partial last line is written at end of stream.
-/// `open` is dropped once the pipe reached end of stream.
+/// `open` is dropped once the pipe reached end of stream; `exited` disconnects when the child
+/// has exited (no more batching pauses then).
 fn start_reader(
     mut pipe: impl Read + Send + 'static,
     sink: OutputSink,
     pid: u32,
     which: &str,
-    open: crossbeam_channel::Sender<()>,
+    (open, exited): (
+        crossbeam_channel::Sender<()>,
+        crossbeam_channel::Receiver<()>,
+    ),
 ) {
     let spawned = thread::Builder::new()
         .name(format!("log-{which}-{pid}"))
@@ -170,8 +179,9 @@ fn start_reader(
                 filled -= complete;
                 // Lines that arrive in the next few milliseconds are read together: a server
                 // that logs every request would otherwise wake this thread for every line.
-                // The first line after a quiet spell is still passed on at once.
-                thread::sleep(READ_BATCH_DELAY);
+                // The first line after a quiet spell is still passed on at once. Nothing is
+                // ever sent on `exited`: the wait ends early only when the child has exited.
+                let _ = exited.recv_timeout(READ_BATCH_DELAY);
             }
             if filled > 0 {
                 sink.model_log.write(&buffer[..filled]);
