@@ -219,15 +219,7 @@ fn acquire(
 ) -> Result<Lease, Option<Failure>> {
     let result = wait_for_lease(app, model_id, client, explicit_load, tracked);
     if let Err(Some(failure)) = &result {
-        record(
-            app,
-            model_id,
-            path,
-            failure.status,
-            started,
-            Default::default(),
-            None,
-        );
+        record_unmetered(app, model_id, path, failure.status, started);
     }
     result
 }
@@ -344,6 +336,19 @@ fn idle_override(keep_alive: Option<KeepAlive>) -> Option<IdleOverride> {
         KeepAlive::Forever => Some(IdleOverride::Never),
         KeepAlive::For(idle) => Some(IdleOverride::After(idle)),
     }
+}
+
+/// [`record`] for a request that ended without an upstream answer to read tokens from.
+fn record_unmetered(app: &App, model_id: &str, path: &str, status: u16, started: Instant) {
+    record(
+        app,
+        model_id,
+        path,
+        status,
+        started,
+        Default::default(),
+        None,
+    );
 }
 
 /// Adds a finished request to the metrics and the access log.
@@ -607,15 +612,7 @@ fn generation(app: &App, mut request: tiny_http::Request, kind: Kind) {
             drop(lease);
             let message = cancel_message(&resolved.id);
             log::info!("{message} before the upstream answered");
-            record(
-                app,
-                &resolved.id,
-                path,
-                499,
-                started,
-                Default::default(),
-                None,
-            );
+            record_unmetered(app, &resolved.id, path, 499, started);
             return Failure::new(503, message).send(request);
         }
         Err(error) => {
@@ -623,15 +620,7 @@ fn generation(app: &App, mut request: tiny_http::Request, kind: Kind) {
             let failure = upstream_failure(&lease, endpoint_path, &error, timeout);
             log::warn!("{}", failure.message);
             drop(lease);
-            record(
-                app,
-                &resolved.id,
-                path,
-                failure.status,
-                started,
-                Default::default(),
-                None,
-            );
+            record_unmetered(app, &resolved.id, path, failure.status, started);
             return failure.send(request);
         }
     };
@@ -666,15 +655,7 @@ fn generation(app: &App, mut request: tiny_http::Request, kind: Kind) {
         Ok(_) | Err(_) if entry.is_cancelled() => {
             let message = cancel_message(&resolved.id);
             log::info!("{message} while the upstream answered");
-            record(
-                app,
-                &resolved.id,
-                path,
-                499,
-                started,
-                Default::default(),
-                None,
-            );
+            record_unmetered(app, &resolved.id, path, 499, started);
             return Failure::new(503, message).send(request);
         }
         Ok(bytes) => bytes,
@@ -686,42 +667,18 @@ fn generation(app: &App, mut request: tiny_http::Request, kind: Kind) {
                     resolved.id
                 ),
             );
-            record(
-                app,
-                &resolved.id,
-                path,
-                502,
-                started,
-                Default::default(),
-                None,
-            );
+            record_unmetered(app, &resolved.id, path, 502, started);
             return failure.send(request);
         }
     };
     if status >= 400 {
-        record(
-            app,
-            &resolved.id,
-            path,
-            status,
-            started,
-            Default::default(),
-            None,
-        );
+        record_unmetered(app, &resolved.id, path, status, started);
         return Failure::new(status, upstream_error_message(status, &bytes)).send(request);
     }
     let value: Value = match serde_json::from_slice(&bytes) {
         Ok(value) => value,
         Err(error) => {
-            record(
-                app,
-                &resolved.id,
-                path,
-                502,
-                started,
-                Default::default(),
-                None,
-            );
+            record_unmetered(app, &resolved.id, path, 502, started);
             return Failure::new(502, format!("the upstream's answer is not JSON ({error})"))
                 .send(request);
         }
@@ -785,15 +742,7 @@ fn load_or_unload(
             Err(failure) => return failure.map_or((), |failure| failure.send(request)),
         }
     }
-    record(
-        app,
-        &resolved.id,
-        path,
-        200,
-        started,
-        Default::default(),
-        None,
-    );
+    record_unmetered(app, &resolved.id, path, 200, started);
     let answer = translate::load_response(kind, &translated.model, &now(), unload);
     send_json(request, 200, &answer);
 }
@@ -978,29 +927,13 @@ fn embed(app: &App, mut request: tiny_http::Request, legacy: bool) {
     let entry = &tracked.entry;
     if parsed.inputs.is_empty() {
         drop(lease);
-        record(
-            app,
-            &resolved.id,
-            path,
-            200,
-            started,
-            Default::default(),
-            None,
-        );
+        record_unmetered(app, &resolved.id, path, 200, started);
         return send_json(request, 200, &empty());
     }
     let (value, usage) = match exchange_json(app, lease, entry) {
         Ok(answer) => answer,
         Err(failure) => {
-            record(
-                app,
-                &resolved.id,
-                path,
-                failure.status,
-                started,
-                Default::default(),
-                None,
-            );
+            record_unmetered(app, &resolved.id, path, failure.status, started);
             return failure.send(request);
         }
     };
