@@ -12,7 +12,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use swapd::metrics::{Gauges, Metrics, ModelGauge, RequestRecord, UsageScanner};
+use swapd::metrics::{Gauges, Metrics, ModelGauge, RequestRecord};
+use swapd::proxy::usage::UsageScanner;
 
 const MODELS: [&str; 4] = ["llama-3-8b", "qwen-coder", "embed", "rerank"];
 

@@ -98,7 +98,7 @@ impl Entry {
     pub fn to_json(&self) -> Value {
         json!({
             "id": self.id,
-            "timestamp": crate::metrics::format_rfc3339_millis(self.unix_millis),
+            "timestamp": crate::timefmt::rfc3339_millis(self.unix_millis),
             "model": self.model,
             "req_path": self.outgoing.path_and_query.split('?').next().unwrap_or_default(),
             "method": self.outgoing.method,
@@ -166,7 +166,7 @@ impl Inflight {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let entry = Arc::new(Entry {
             id,
-            unix_millis: crate::metrics::unix_millis_now(),
+            unix_millis: crate::timefmt::unix_millis_now(),
             started: Instant::now(),
             model: model.to_string(),
             outgoing,

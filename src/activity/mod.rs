@@ -95,7 +95,7 @@ impl ActivityRow {
     pub fn to_json(&self) -> Value {
         let mut row = json!({
             "id": self.id,
-            "timestamp": crate::metrics::format_rfc3339_millis(self.unix_millis),
+            "timestamp": crate::timefmt::rfc3339_millis(self.unix_millis),
             "model": &*self.model,
             "req_path": &*self.req_path,
             "resp_content_type": &*self.content_type,
@@ -251,7 +251,7 @@ impl ActivityLog {
             }
             None => None,
         };
-        let unix_millis = crate::metrics::unix_millis_now();
+        let unix_millis = crate::timefmt::unix_millis_now();
         let wants_row = self.has_subscribers.load(Ordering::Relaxed) || self.store.is_some();
         let (id, copy) = {
             let mut inner = self.lock();

@@ -165,90 +165,8 @@ fn parse_time(name: &str, value: &str) -> Result<u64, String> {
     })
 }
 
-/// Parses an RFC 3339 date-time (`2026-01-31T12:00:00Z`, with optional fraction and a `Z` or
-/// `±HH:MM` offset) into Unix milliseconds; `None` for anything else or a time before 1970.
-pub fn parse_rfc3339_millis(text: &str) -> Option<u64> {
-    let bytes = text.as_bytes();
-    let digits = |from: usize, count: usize| -> Option<i64> {
-        let slice = bytes.get(from..from + count)?;
-        slice
-            .iter()
-            .all(u8::is_ascii_digit)
-            .then(|| slice.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0')))
-    };
-    let separator = |at: usize, allowed: &[u8]| bytes.get(at).is_some_and(|b| allowed.contains(b));
-    if !(separator(4, b"-")
-        && separator(7, b"-")
-        && separator(10, b"Tt ")
-        && separator(13, b":")
-        && separator(16, b":"))
-    {
-        return None;
-    }
-    let (year, month, day) = (digits(0, 4)?, digits(5, 2)?, digits(8, 2)?);
-    let (hour, minute, second) = (digits(11, 2)?, digits(14, 2)?, digits(17, 2)?);
-    if !(1..=12).contains(&month)
-        || !(1..=days_in_month(year, month)).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    let mut index = 19;
-    let mut millis = 0i64;
-    if bytes.get(index) == Some(&b'.') {
-        index += 1;
-        let fraction_start = index;
-        while bytes.get(index).is_some_and(u8::is_ascii_digit) {
-            if index - fraction_start < 3 {
-                millis = millis * 10 + i64::from(bytes[index] - b'0');
-            }
-            index += 1;
-        }
-        if index == fraction_start {
-            return None;
-        }
-        for _ in (index - fraction_start)..3 {
-            millis *= 10;
-        }
-    }
-    let offset_minutes = match bytes.get(index) {
-        Some(b'Z' | b'z') if index + 1 == bytes.len() => 0,
-        Some(sign @ (b'+' | b'-')) if index + 6 == bytes.len() && separator(index + 3, b":") => {
-            let minutes = digits(index + 1, 2)? * 60 + digits(index + 4, 2)?;
-            if *sign == b'+' {
-                minutes
-            } else {
-                -minutes
-            }
-        }
-        _ => return None,
-    };
-    let days = days_from_civil(year, month, day);
-    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_minutes * 60;
-    u64::try_from(seconds * 1000 + millis).ok()
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year.rem_euclid(400);
-    let month_index = (month + 9) % 12;
-    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
+/// The parser lives with the formatter, in the one calendar module.
+pub use crate::timefmt::parse_rfc3339_millis;
 
 /// One page of rows and the counts around it.
 #[derive(Debug, Clone, PartialEq)]
@@ -392,31 +310,6 @@ mod tests {
             let error = parse_query(query).expect_err(query);
             assert!(error.contains(needle), "{query}: {error}");
         }
-    }
-
-    #[test]
-    fn rfc3339_forms() {
-        let cases = [
-            ("1970-01-01T00:00:00Z", Some(0)),
-            ("1970-01-01T00:00:01.25Z", Some(1250)),
-            ("1970-01-01T00:00:01.123456789Z", Some(1123)),
-            ("1970-01-01T01:00:00+01:00", Some(0)),
-            ("1970-01-01 00:00:00-00:30", Some(1_800_000)),
-            ("2024-02-29T12:34:56.789Z", Some(1_709_210_096_789)),
-            ("1969-12-31T23:59:59Z", None),
-            ("2024-02-29T12:34:56", None),
-            ("2024-02-29T12:34:56.Z", None),
-            ("2024-02-29T24:00:00Z", None),
-            ("2024-02-29T12:34:56+0100", None),
-            ("2024-02-29T12:34:56Zjunk", None),
-        ];
-        for (text, expected) in cases {
-            assert_eq!(parse_rfc3339_millis(text), expected, "{text}");
-        }
-        // The formatter and the parser agree.
-        let millis = 1_767_225_600_123;
-        let text = crate::metrics::format_rfc3339_millis(millis);
-        assert_eq!(parse_rfc3339_millis(&text), Some(millis));
     }
 
     #[test]

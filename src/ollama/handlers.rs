@@ -512,7 +512,7 @@ fn exchange_json(
         return Err(Failure::new(status, upstream_error_message(status, &bytes)));
     }
     let usage = {
-        let mut scanner = crate::metrics::UsageScanner::new(false);
+        let mut scanner = crate::proxy::usage::UsageScanner::new(false);
         scanner.feed(&bytes);
         scanner.finish()
     };
@@ -684,7 +684,7 @@ fn generation(app: &App, mut request: tiny_http::Request, kind: Kind) {
         }
     };
     let usage = {
-        let mut scanner = crate::metrics::UsageScanner::new(false);
+        let mut scanner = crate::proxy::usage::UsageScanner::new(false);
         scanner.feed(&bytes);
         scanner.finish()
     };
@@ -790,7 +790,7 @@ fn stream_ndjson(
     let mut translator = NdjsonStream::new(context.kind, context.model);
     let mut scanner = app
         .request_metrics
-        .then(|| crate::metrics::UsageScanner::new(true));
+        .then(|| crate::proxy::usage::UsageScanner::new(true));
     let mut out = Vec::with_capacity(512);
     let mut first_piece: Option<Instant> = None;
     let mut status = 200;

@@ -287,8 +287,8 @@ pub fn forward_to(
     // Token usage is read from what passes through, piece by piece; compressed bodies are
     // passed on untouched and not scanned.
     let compressed = response.header("content-encoding").is_some();
-    let mut scanner =
-        (app.request_metrics && !compressed).then(|| crate::metrics::UsageScanner::new(is_sse));
+    let mut scanner = (app.request_metrics && !compressed)
+        .then(|| crate::proxy::usage::UsageScanner::new(is_sse));
     let mut time_to_first_token = None;
     let mut error_body = (status != 200 && app.request_metrics).then(Vec::new);
     let mut reader = response.into_body();

@@ -12,6 +12,7 @@ pub mod peers;
 mod routes;
 pub mod routing;
 mod ui_api;
+pub mod usage;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
