@@ -5,13 +5,14 @@
 //! served and how long they took, how often models were swapped or crashed, how many tokens went
 //! through, and how fast the upstreams generated them. This module keeps those numbers and hands
 //! them out in two shapes: the Prometheus text exposition format for `GET /metrics` (written by
-//! [`prometheus`]), and JSON rows describing the most recent requests for `GET /api/metrics`,
-//! which are also pushed live to subscribers (kept by [`rows`]). The `/proc` reads behind the
-//! process gauges are in [`procfs`].
+//! `prometheus.rs`), and JSON rows describing the most recent requests for `GET /api/metrics`,
+//! which are also pushed live to subscribers (kept by `rows.rs`). The `/proc` reads behind the
+//! process gauges are in `procfs.rs`.
 //!
-//! Recording a request takes one mutex for a constant amount of work; the row itself is built
-//! under it without allocating, and the JSON sent to live subscribers is built outside of it.
-//! Rendering copies the counters under the lock and formats them after releasing it.
+//! Recording a request takes one mutex for a constant amount of work (a row shares its model
+//! and path names with earlier rows, so it allocates only for a name seen for the first time);
+//! the JSON sent to live subscribers is built after the lock is released. Rendering copies the
+//! counters under the lock and formats them after releasing it.
 //!
 //! Token counts arrive as a plain [`TokenUsage`]: the scanner that reads them from responses
 //! belongs to the proxy (`crate::proxy::usage`), so this module depends on nothing above it.

@@ -10,7 +10,7 @@
 //! fields read are those that llama-swap reads (see its `internal/server/metrics*.go`): OpenAI
 //! `usage`, OpenAI Responses `response.usage`, Anthropic `usage` and `message.usage`, vLLM
 //! `metrics`, and llama.cpp `timings`, which take precedence over `usage` when both are
-//! present. The JSON readers themselves are in [`fields`].
+//! present. The JSON readers themselves are in `fields.rs`.
 
 mod fields;
 #[cfg(test)]
