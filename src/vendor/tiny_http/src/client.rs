@@ -78,7 +78,7 @@ impl ClientConnection {
         self.secure
     }
 
-    /// swapd: the connection's handle (`None` over SSL).
+    /// swapd: the connection's handle (always `Some` since the SSL code was removed).
     pub fn handle(&self) -> Option<&crate::ConnectionHandle> {
         self.handle.as_ref()
     }

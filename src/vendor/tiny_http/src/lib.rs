@@ -96,9 +96,6 @@
 #![deny(rust_2018_idioms)]
 #![allow(clippy::match_like_matches_macro)]
 
-#[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-use zeroize::Zeroizing;
-
 use std::error::Error;
 use std::io::Error as IoError;
 use std::io::ErrorKind as IoErrorKind;
@@ -106,7 +103,6 @@ use std::io::Result as IoResult;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -126,7 +122,6 @@ mod common;
 mod connection;
 mod request;
 mod response;
-mod ssl;
 mod test;
 mod util;
 
@@ -222,18 +217,6 @@ pub struct IncomingRequests<'a> {
 pub struct ServerConfig {
     /// The addresses to try to listen to.
     pub addr: ConfigListenAddr,
-
-    /// If `Some`, then the server will use SSL to encode the communications.
-    pub ssl: Option<SslConfig>,
-}
-
-/// Configuration of the server for SSL.
-#[derive(Debug, Clone)]
-pub struct SslConfig {
-    /// Contains the public certificate to send to clients.
-    pub certificate: Vec<u8>,
-    /// Contains the ultra-secret private key used to decode communications.
-    pub private_key: Vec<u8>,
 }
 
 impl Server {
@@ -245,23 +228,6 @@ impl Server {
     {
         Server::new(ServerConfig {
             addr: ConfigListenAddr::from_socket_addrs(addr)?,
-            ssl: None,
-        })
-    }
-
-    /// Shortcut for an HTTPS server on a specific address.
-    #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-    #[inline]
-    pub fn https<A>(
-        addr: A,
-        config: SslConfig,
-    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>>
-    where
-        A: ToSocketAddrs,
-    {
-        Server::new(ServerConfig {
-            addr: ConfigListenAddr::from_socket_addrs(addr)?,
-            ssl: Some(config),
         })
     }
 
@@ -273,14 +239,13 @@ impl Server {
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         Server::new(ServerConfig {
             addr: ConfigListenAddr::unix_from_path(path),
-            ssl: None,
         })
     }
 
     /// Builds a new server that listens on the specified address.
     pub fn new(config: ServerConfig) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = config.addr.bind()?;
-        Self::from_listener(listener, config.ssl)
+        Self::from_listener(listener)
     }
 
     /// Builds a new server using the specified TCP listener.
@@ -289,9 +254,8 @@ impl Server {
     /// such as from systemd. For other cases, you probably want the `new()` function.
     pub fn from_listener<L: Into<Listener>>(
         listener: L,
-        ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        Self::from_listener_inner(listener.into(), ssl_config, None::<Arc<NoHandler>>, None)
+        Self::from_listener_inner(listener.into(), None::<Arc<NoHandler>>, None)
     }
 
     /// swapd: like `from_listener`, but every request is passed to `handler` on the thread
@@ -307,12 +271,11 @@ impl Server {
         handler: Arc<H>,
         stack_size: usize,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        Self::from_listener_inner(listener.into(), None, Some(handler), Some(stack_size))
+        Self::from_listener_inner(listener.into(), Some(handler), Some(stack_size))
     }
 
     fn from_listener_inner<H: Handler>(
         listener: Listener,
-        ssl_config: Option<SslConfig>,
         handler: Option<Arc<H>>,
         stack_size: Option<usize>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
@@ -324,31 +287,6 @@ impl Server {
             let local_addr = listener.local_addr()?;
             log::debug!("Server listening on {}", local_addr);
             (listener, local_addr)
-        };
-
-        // building the SSL capabilities
-        #[cfg(all(feature = "ssl-openssl", feature = "ssl-rustls"))]
-        compile_error!(
-            "Features 'ssl-openssl' and 'ssl-rustls' must not be enabled at the same time"
-        );
-        #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-        type SslContext = ();
-        #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-        type SslContext = crate::ssl::SslContextImpl;
-        let ssl: Option<SslContext> = {
-            match ssl_config {
-                #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                Some(config) => Some(SslContext::from_pem(
-                    config.certificate,
-                    Zeroizing::new(config.private_key),
-                )?),
-                #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                Some(_) => return Err(
-                    "Building a server with SSL requires enabling the `ssl` feature in tiny-http"
-                        .into(),
-                ),
-                None => None,
-            }
         };
 
         // creating a task where server.accept() is continuously called
@@ -364,7 +302,7 @@ impl Server {
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
                 // swapd: the accept thread only wraps the socket and hands it to a pool thread;
-                // the connection's buffers (and SSL, when enabled) are set up on that thread.
+                // the connection's buffers are set up on that thread.
                 let (connection, peer) = match server.accept() {
                     Ok(accepted) => accepted,
                     // swapd: running out of descriptors (or memory) used to end the accept
@@ -386,32 +324,18 @@ impl Server {
                 };
                 let messages = inside_messages.clone();
                 let handler = handler.clone();
-                #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                let ssl = ssl.clone();
                 let mut accepted = Some((connection, peer));
                 tasks_pool.spawn(Box::new(move || {
                     let Some((connection, peer)) = accepted.take() else {
                         return;
                     };
                     use util::RefinedTcpStream;
-                    let (read_closable, write_closable) = match ssl {
-                        None => RefinedTcpStream::new(Arc::new(connection::Socket::new(
+                    let (read_closable, write_closable) =
+                        RefinedTcpStream::new(Arc::new(connection::Socket::new(
                             connection,
                             peer,
                             NEXT_CONNECTION_ID.fetch_add(1, Relaxed),
-                        ))),
-                        #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                        Some(ref ssl) => {
-                            // trying to apply SSL over the connection
-                            // if an error occurs, we just close the socket
-                            match ssl.accept(connection) {
-                                Ok(s) => RefinedTcpStream::new(s),
-                                Err(_) => return,
-                            }
-                        }
-                        #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                        Some(ref _ssl) => unreachable!(),
-                    };
+                        )));
                     let client = ClientConnection::new(write_closable, read_closable);
                     if let Some(handler) = &handler {
                         // swapd: the request is handled on this thread, and the next one is
@@ -420,13 +344,6 @@ impl Server {
                         let mut state = handler.connected(client.handle());
                         for rq in client {
                             handler.handle(&mut state, rq);
-                        }
-                    } else if client.secure() {
-                        // Synchronization is needed for HTTPS requests to avoid a deadlock
-                        let (sender, receiver) = mpsc::channel();
-                        for rq in client {
-                            messages.push(rq.with_notify_sender(sender.clone()).into());
-                            receiver.recv().unwrap();
                         }
                     } else {
                         for rq in client {

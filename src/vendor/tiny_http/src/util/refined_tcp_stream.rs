@@ -5,14 +5,10 @@ use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
 
 use crate::connection::Socket;
-#[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-use crate::ssl::SslStream;
 
 pub(crate) enum Stream {
     // swapd: shared, not `dup`ed: one descriptor per connection (see `connection::Socket`).
     Http(Arc<Socket>),
-    #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-    Https(SslStream),
 }
 
 impl Clone for Stream {
@@ -21,8 +17,6 @@ impl Clone for Stream {
             // swapd: this was `try_clone().unwrap()`, a `dup` that panicked the accept thread
             // when the process was out of descriptors.
             Stream::Http(socket) => Stream::Http(socket.clone()),
-            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-            Stream::Https(ssl_stream) => Stream::Https(ssl_stream.clone()),
         }
     }
 }
@@ -37,24 +31,18 @@ impl Stream {
     fn secure(&self) -> bool {
         match self {
             Stream::Http(_) => false,
-            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-            Stream::Https(_) => true,
         }
     }
 
     fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         match self {
             Stream::Http(socket) => Ok(socket.peer),
-            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-            Stream::Https(ssl_stream) => ssl_stream.peer_addr(),
         }
     }
 
     fn shutdown(&mut self, how: Shutdown) -> IoResult<()> {
         match self {
             Stream::Http(socket) => socket.connection.shutdown(how),
-            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-            Stream::Https(ssl_stream) => ssl_stream.shutdown(how),
         }
     }
 }
@@ -63,8 +51,6 @@ impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
         match self {
             Stream::Http(socket) => (&socket.connection).read(buf),
-            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-            Stream::Https(ssl_stream) => ssl_stream.read(buf),
         }
     }
 }
@@ -73,16 +59,12 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
         match self {
             Stream::Http(socket) => (&socket.connection).write(buf),
-            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-            Stream::Https(ssl_stream) => ssl_stream.write(buf),
         }
     }
 
     fn flush(&mut self) -> IoResult<()> {
         match self {
             Stream::Http(socket) => (&socket.connection).flush(),
-            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-            Stream::Https(ssl_stream) => ssl_stream.flush(),
         }
     }
 }
@@ -127,12 +109,11 @@ impl RefinedTcpStream {
         self.stream.peer_addr()
     }
 
-    /// swapd: the handle the application gets for this connection (`None` over SSL).
+    /// swapd: the handle the application gets for this connection. It was `None` over SSL;
+    /// with the SSL code removed it is always `Some`, kept an `Option` so the API is unchanged.
     pub(crate) fn handle(&self) -> Option<crate::ConnectionHandle> {
         match &self.stream {
             Stream::Http(socket) => Some(crate::ConnectionHandle::new(socket.clone())),
-            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-            Stream::Https(_) => None,
         }
     }
 }
