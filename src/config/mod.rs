@@ -79,16 +79,6 @@ impl LogLevel {
             LogLevel::Error => "error",
         }
     }
-
-    /// The matching filter for the `log` crate.
-    pub fn level_filter(self) -> log::LevelFilter {
-        match self {
-            LogLevel::Debug => log::LevelFilter::Debug,
-            LogLevel::Info => log::LevelFilter::Info,
-            LogLevel::Warn => log::LevelFilter::Warn,
-            LogLevel::Error => log::LevelFilter::Error,
-        }
-    }
 }
 
 /// Which logs are copied to the daemon's stdout (`logToStdout`).
