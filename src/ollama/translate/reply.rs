@@ -1,6 +1,6 @@
 //! Response-side translation: one upstream (OpenAI-shaped) answer or stream event read into a
 //! [`Piece`], and the Ollama response lines (`/api/chat`, `/api/generate`) built from pieces,
-//! token counts and timings. [`super::super::stream`] drives these per event.
+//! token counts and timings. [`crate::ollama::stream`] drives these per event.
 
 use std::time::Duration;
 
