@@ -5,6 +5,10 @@
 //! problem can name its key path (and so its line), unknown keys can be warned about instead
 //! of silently dropped, and llama-swap's lenient scalar handling (a number where a string is
 //! expected, `yes`/`no` booleans) can be kept.
+//!
+//! `build` reads as the list of steps it runs, one named function each. This file holds the
+//! steps and the top-level settings; `typed/fields.rs` the YAML access, `typed/models.rs` one
+//! model's settings and the alias table, `typed/groups.rs` groups, scheduler and preload.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,7 +21,10 @@ use super::error::{ConfigError, KeyPath, Reporter};
 use super::macros::{self, Macro};
 use super::memory;
 use super::schema;
-use super::{Config, Limits, LogFormat, LogLevel, LogToStdout, ModelConfig};
+use super::{
+    Config, GroupConfig, Limits, LogFormat, LogLevel, LogToStdout, MatrixConfig, ModelConfig,
+    Peers, ProfileConfig, SelectorConfig,
+};
 
 mod fields;
 mod groups;
@@ -105,39 +112,114 @@ struct Globals {
     send_loading_state: bool,
 }
 
-/// Builds and validates the whole configuration from the decoded, normalized YAML document.
+/// Builds and validates the whole configuration from the decoded, normalized YAML document,
+/// in llama-swap's order: macros (step 2), `${PORT}` (step 3), typed settings (step 4). Each
+/// step is one function below, called in the order its errors and warnings are reported.
 pub(crate) fn build(root: Value, reporter: &mut Reporter<'_>) -> Result<Config, ConfigError> {
     let root_path = KeyPath::root();
-    let mut root = match root {
-        Value::Null => Mapping::new(),
-        Value::Mapping(mapping) => mapping,
-        other => {
-            return Err(reporter.error(
-                &root_path,
-                format!(
-                    "expected a mapping of settings at the top level, found {}",
-                    describe(&other)
-                ),
-            ))
-        }
-    };
+    let mut root = top_mapping(root, &root_path, reporter)?;
     schema::check_keys(&root, &root_path, schema::TOP_LEVEL, reporter);
 
-    // Step 2: global macros apply to every top-level section except `models`, which gets a
-    // per-model scope below.
+    // Step 2: macros. The models leave the tree here; the rest of the root stays in `root`.
+    let models_path = root_path.key("models");
+    let (mut models, ids) = expand_macros(&mut root, &root_path, &models_path, reporter)?;
+
+    // Step 3: ${PORT}, in sorted id order, only for models whose cmd uses it.
+    let top = Fields::new(&root, &root_path);
+    let start_port = start_port(&top, reporter)?;
+    let ports = assign_ports(&mut models, &ids, &models_path, start_port, reporter)?;
+
+    // Step 4: typed settings with defaults.
+    let settings = top_settings(&top, reporter)?;
+    let limits = build_limits(&top, reporter)?;
+    let log_format = build_log_format(&top, reporter)?;
+    let access = build_access(&top, reporter)?;
+    let memory = memory::build(
+        top.mapping("swapd", reporter, "a mapping of swapd settings")?,
+        &top.path("swapd"),
+        &models,
+        &models_path,
+        &memory::mem_total,
+        reporter,
+    )?;
+    let shared = Globals {
+        global_ttl: settings.global_ttl,
+        unload_timeout: settings.unload_timeout,
+        send_loading_state: settings.send_loading_state,
+    };
+    let mut built = build_models(&models, &ids, &models_path, &ports, &shared, reporter)?;
+    let aliases = register_aliases(&mut built, &models_path, reporter)?;
+    let routing = build_routing(&top, &built, &aliases, reporter)?;
+
+    Ok(Config {
+        health_check_timeout: seconds(settings.health_check_timeout),
+        log_level: settings.log_level,
+        log_time_format: settings.log_time_format,
+        log_to_stdout: settings.log_to_stdout,
+        log_format,
+        start_port,
+        send_loading_state: settings.send_loading_state,
+        include_aliases_in_list: settings.include_aliases_in_list,
+        global_ttl: seconds(settings.global_ttl),
+        unload_timeout: seconds(settings.unload_timeout),
+        metrics_max_in_memory: usize::try_from(settings.metrics_max_in_memory)
+            .unwrap_or(usize::MAX),
+        activity_store: settings.activity_store,
+        api_keys: settings.api_keys,
+        models: built,
+        groups: routing.groups,
+        matrix: routing.matrix,
+        selectors: routing.selectors,
+        profiles: routing.profiles,
+        preload: routing.preload,
+        aliases,
+        limits,
+        access,
+        memory,
+        peers: routing.peers,
+    })
+}
+
+/// The document's top level as a mapping (an empty document is an empty config).
+fn top_mapping(
+    root: Value,
+    root_path: &KeyPath,
+    reporter: &Reporter<'_>,
+) -> Result<Mapping, ConfigError> {
+    match root {
+        Value::Null => Ok(Mapping::new()),
+        Value::Mapping(mapping) => Ok(mapping),
+        other => Err(reporter.error(
+            root_path,
+            format!(
+                "expected a mapping of settings at the top level, found {}",
+                describe(&other)
+            ),
+        )),
+    }
+}
+
+/// Step 2: global macros apply to every top-level section except `models`, which gets a
+/// per-model scope (the model's own macros over the global ones). Takes `models` out of
+/// `root` and returns it with every model checked to be a mapping, and the sorted model ids.
+fn expand_macros(
+    root: &mut Mapping,
+    root_path: &KeyPath,
+    models_path: &KeyPath,
+    reporter: &mut Reporter<'_>,
+) -> Result<(Mapping, Vec<String>), ConfigError> {
     let globals = macros::parse_list(root.get("macros"), &root_path.key("macros"), reporter)?;
     for (key, value) in root.iter_mut() {
         if !matches!(key.as_str(), Some("models" | "macros")) {
             macros::expand_value(value, &globals);
         }
     }
-    let models_path = root_path.key("models");
     let mut models = match root.remove("models") {
         None | Some(Value::Null) => Mapping::new(),
         Some(Value::Mapping(mapping)) => mapping,
         Some(other) => {
             return Err(reporter.error(
-                &models_path,
+                models_path,
                 format!(
                     "expected a mapping of model ids to model settings, found {}",
                     describe(&other)
@@ -151,7 +233,7 @@ pub(crate) fn build(root: Value, reporter: &mut Reporter<'_>) -> Result<Config, 
         .collect();
     ids.sort();
     if ids.is_empty() {
-        reporter.warn(&models_path, "no models are configured");
+        reporter.warn(models_path, "no models are configured");
     }
     for id in &ids {
         let path = models_path.key(id);
@@ -183,21 +265,38 @@ pub(crate) fn build(root: Value, reporter: &mut Reporter<'_>) -> Result<Config, 
         let scope = macros::model_scope(id, &globals, &locals);
         expand_model(mapping, &scope, &path, reporter)?;
     }
+    Ok((models, ids))
+}
 
-    // Step 3: ${PORT}, in sorted id order, only for models whose cmd uses it.
-    let top = Fields::new(&root, &root_path);
+/// `startPort`, the first port `${PORT}` hands out.
+fn start_port(top: &Fields<'_>, reporter: &Reporter<'_>) -> Result<u16, ConfigError> {
     let start_port = top
         .int("startPort", reporter)?
         .unwrap_or(DEFAULT_START_PORT);
-    if !(1..=i64::from(u16::MAX)).contains(&start_port) {
-        return Err(reporter.error(
-            &root_path.key("startPort"),
-            format!("must be between 1 and 65535, found {start_port}"),
-        ));
-    }
-    let mut next_port = start_port;
+    u16::try_from(start_port)
+        .ok()
+        .filter(|&port| port >= 1)
+        .ok_or_else(|| {
+            reporter.error(
+                &top.path("startPort"),
+                format!("must be between 1 and 65535, found {start_port}"),
+            )
+        })
+}
+
+/// Step 3: gives each model whose `cmd` uses `${PORT}` the next port from `startPort`, in
+/// sorted id order, and expands `${PORT}` in its settings. A model whose `proxy` needs a port
+/// that its `cmd` does not take is an error.
+fn assign_ports(
+    models: &mut Mapping,
+    ids: &[String],
+    models_path: &KeyPath,
+    start_port: u16,
+    reporter: &mut Reporter<'_>,
+) -> Result<BTreeMap<String, u16>, ConfigError> {
+    let mut next_port = i64::from(start_port);
     let mut ports: BTreeMap<String, u16> = BTreeMap::new();
-    for id in &ids {
+    for id in ids {
         let path = models_path.key(id);
         let mapping = models
             .get_mut(id.as_str())
@@ -244,82 +343,131 @@ pub(crate) fn build(root: Value, reporter: &mut Reporter<'_>) -> Result<Config, 
             ports.insert(id.clone(), port);
         }
     }
+    Ok(ports)
+}
 
-    // Step 4: typed settings with defaults.
-    let top = Fields::new(&root, &root_path);
-    let health_check_timeout = top
-        .int("healthCheckTimeout", reporter)?
-        .unwrap_or(DEFAULT_HEALTH_CHECK_TIMEOUT)
-        .max(MIN_HEALTH_CHECK_TIMEOUT);
-    let log_level = match top.string("logLevel", reporter)? {
-        None => LogLevel::Info,
-        Some(text) => {
-            match text.to_ascii_lowercase().as_str() {
-                "debug" => LogLevel::Debug,
-                "info" => LogLevel::Info,
-                "warn" => LogLevel::Warn,
-                "error" => LogLevel::Error,
-                _ => {
-                    reporter.warn(
-                    &top.path("logLevel"),
-                    format!("unknown log level '{text}'; using info (valid: debug, info, warn, error)"),
-                );
-                    LogLevel::Info
-                }
-            }
-        }
-    };
-    let log_time_format = match top.optional_string("logTimeFormat", reporter)? {
-        None => None,
-        Some(text) => {
-            let lowered = text.to_ascii_lowercase();
-            if TIME_FORMATS.contains(&lowered.as_str()) {
-                Some(lowered)
-            } else {
-                reporter.warn(
-                    &top.path("logTimeFormat"),
-                    format!(
-                        "unknown time format '{text}'; log lines get no timestamp (valid: {})",
-                        TIME_FORMATS.join(", ")
-                    ),
-                );
-                None
-            }
-        }
-    };
-    let log_to_stdout = match top.string("logToStdout", reporter)? {
-        None => LogToStdout::Proxy,
-        Some(text) => match text.to_ascii_lowercase().as_str() {
-            "proxy" => LogToStdout::Proxy,
-            "upstream" => LogToStdout::Upstream,
-            "both" => LogToStdout::Both,
-            "none" => LogToStdout::None,
-            _ => {
-                return Err(reporter.error(
-                    &top.path("logToStdout"),
-                    format!("must be one of proxy, upstream, both, none; found '{text}'"),
-                ))
-            }
+/// The top-level scalar settings of step 4, defaults applied.
+struct TopSettings {
+    health_check_timeout: i64,
+    log_level: LogLevel,
+    log_time_format: Option<String>,
+    log_to_stdout: LogToStdout,
+    send_loading_state: bool,
+    include_aliases_in_list: bool,
+    global_ttl: i64,
+    unload_timeout: i64,
+    metrics_max_in_memory: i64,
+    api_keys: Vec<String>,
+    activity_store: Option<std::path::PathBuf>,
+}
+
+/// Reads the top-level scalar settings, in this order (which is the order their problems are
+/// reported in), then warns about top-level sections swapd ignores.
+fn top_settings(top: &Fields<'_>, reporter: &mut Reporter<'_>) -> Result<TopSettings, ConfigError> {
+    let settings = TopSettings {
+        health_check_timeout: top
+            .int("healthCheckTimeout", reporter)?
+            .unwrap_or(DEFAULT_HEALTH_CHECK_TIMEOUT)
+            .max(MIN_HEALTH_CHECK_TIMEOUT),
+        log_level: log_level(top, reporter)?,
+        log_time_format: log_time_format(top, reporter)?,
+        log_to_stdout: log_to_stdout(top, reporter)?,
+        send_loading_state: top.bool("sendLoadingState", reporter)?.unwrap_or(false),
+        include_aliases_in_list: top.bool("includeAliasesInList", reporter)?.unwrap_or(false),
+        global_ttl: top.seconds("globalTTL", reporter, 0)?,
+        unload_timeout: match top.seconds("unloadTimeout", reporter, DEFAULT_UNLOAD_TIMEOUT)? {
+            0 => DEFAULT_UNLOAD_TIMEOUT,
+            seconds => seconds,
         },
+        metrics_max_in_memory: metrics_max_in_memory(top, reporter)?,
+        api_keys: api_keys(top, reporter)?,
+        activity_store: activity_store(top, reporter)?,
     };
-    let send_loading_state = top.bool("sendLoadingState", reporter)?.unwrap_or(false);
-    let include_aliases_in_list = top.bool("includeAliasesInList", reporter)?.unwrap_or(false);
-    let global_ttl = top.seconds("globalTTL", reporter, 0)?;
-    let mut unload_timeout = top.seconds("unloadTimeout", reporter, DEFAULT_UNLOAD_TIMEOUT)?;
-    if unload_timeout == 0 {
-        unload_timeout = DEFAULT_UNLOAD_TIMEOUT;
+    for (key, message) in [("upstream", "not supported by swapd and ignored")] {
+        if top.get(key).is_some() {
+            reporter.warn(&top.path(key), message);
+        }
     }
-    let metrics_max_in_memory = top
+    Ok(settings)
+}
+
+/// `logLevel`; an unknown level warns and falls back to info, as llama-swap does.
+fn log_level(top: &Fields<'_>, reporter: &mut Reporter<'_>) -> Result<LogLevel, ConfigError> {
+    let Some(text) = top.string("logLevel", reporter)? else {
+        return Ok(LogLevel::Info);
+    };
+    Ok(match text.to_ascii_lowercase().as_str() {
+        "debug" => LogLevel::Debug,
+        "info" => LogLevel::Info,
+        "warn" => LogLevel::Warn,
+        "error" => LogLevel::Error,
+        _ => {
+            reporter.warn(
+                &top.path("logLevel"),
+                format!("unknown log level '{text}'; using info (valid: debug, info, warn, error)"),
+            );
+            LogLevel::Info
+        }
+    })
+}
+
+/// `logTimeFormat`, one of Go's layout names; an unknown name warns and means no timestamp.
+fn log_time_format(
+    top: &Fields<'_>,
+    reporter: &mut Reporter<'_>,
+) -> Result<Option<String>, ConfigError> {
+    let Some(text) = top.optional_string("logTimeFormat", reporter)? else {
+        return Ok(None);
+    };
+    let lowered = text.to_ascii_lowercase();
+    if TIME_FORMATS.contains(&lowered.as_str()) {
+        return Ok(Some(lowered));
+    }
+    reporter.warn(
+        &top.path("logTimeFormat"),
+        format!(
+            "unknown time format '{text}'; log lines get no timestamp (valid: {})",
+            TIME_FORMATS.join(", ")
+        ),
+    );
+    Ok(None)
+}
+
+/// `logToStdout`: which logs are copied to stdout.
+fn log_to_stdout(top: &Fields<'_>, reporter: &Reporter<'_>) -> Result<LogToStdout, ConfigError> {
+    let Some(text) = top.string("logToStdout", reporter)? else {
+        return Ok(LogToStdout::Proxy);
+    };
+    match text.to_ascii_lowercase().as_str() {
+        "proxy" => Ok(LogToStdout::Proxy),
+        "upstream" => Ok(LogToStdout::Upstream),
+        "both" => Ok(LogToStdout::Both),
+        "none" => Ok(LogToStdout::None),
+        _ => Err(reporter.error(
+            &top.path("logToStdout"),
+            format!("must be one of proxy, upstream, both, none; found '{text}'"),
+        )),
+    }
+}
+
+/// `metricsMaxInMemory`, the activity ring's size (0 keeps none).
+fn metrics_max_in_memory(top: &Fields<'_>, reporter: &Reporter<'_>) -> Result<i64, ConfigError> {
+    let value = top
         .int("metricsMaxInMemory", reporter)?
         .unwrap_or(DEFAULT_METRICS_MAX_IN_MEMORY);
-    if metrics_max_in_memory < 0 {
+    if value < 0 {
         return Err(reporter.error(
             &top.path("metricsMaxInMemory"),
-            format!("must be 0 or more, found {metrics_max_in_memory}"),
+            format!("must be 0 or more, found {value}"),
         ));
     }
-    let mut api_keys = top.strings("apiKeys", reporter)?;
-    for (index, key) in api_keys.iter_mut().enumerate() {
+    Ok(value)
+}
+
+/// `apiKeys`: non-empty, without spaces (a key travels in a `Bearer` header).
+fn api_keys(top: &Fields<'_>, reporter: &Reporter<'_>) -> Result<Vec<String>, ConfigError> {
+    let api_keys = top.strings("apiKeys", reporter)?;
+    for (index, key) in api_keys.iter().enumerate() {
         let path = top.path("apiKeys").index(index);
         if key.is_empty() {
             return Err(reporter.error(&path, "API keys must not be empty"));
@@ -328,49 +476,44 @@ pub(crate) fn build(root: Value, reporter: &mut Reporter<'_>) -> Result<Config, 
             return Err(reporter.error(&path, "API keys must not contain spaces"));
         }
     }
-    let activity_store = match top.mapping("store", reporter, "a mapping with `path`")? {
-        Some(store) => {
-            let store = Fields::new(store, &top.path("store"));
-            match store.string("path", reporter)? {
-                Some(path) if path.trim().is_empty() => {
-                    return Err(reporter.error(&store.path("path"), "must not be empty"));
-                }
-                Some(path) => Some(std::path::PathBuf::from(path)),
-                None => {
-                    reporter.warn(
-                        &top.path("store"),
-                        "has no `path`; activity is kept in memory only",
-                    );
-                    None
-                }
-            }
-        }
-        None => None,
+    Ok(api_keys)
+}
+
+/// `store.path`, the activity log's file; a `store` without a path keeps activity in memory.
+fn activity_store(
+    top: &Fields<'_>,
+    reporter: &mut Reporter<'_>,
+) -> Result<Option<std::path::PathBuf>, ConfigError> {
+    let Some(store) = top.mapping("store", reporter, "a mapping with `path`")? else {
+        return Ok(None);
     };
-    for (key, message) in [("upstream", "not supported by swapd and ignored")] {
-        if top.get(key).is_some() {
-            reporter.warn(&top.path(key), message);
+    let store = Fields::new(store, &top.path("store"));
+    match store.string("path", reporter)? {
+        Some(path) if path.trim().is_empty() => {
+            Err(reporter.error(&store.path("path"), "must not be empty"))
+        }
+        Some(path) => Ok(Some(std::path::PathBuf::from(path))),
+        None => {
+            reporter.warn(
+                &top.path("store"),
+                "has no `path`; activity is kept in memory only",
+            );
+            Ok(None)
         }
     }
-    let limits = build_limits(&top, reporter)?;
-    let log_format = build_log_format(&top, reporter)?;
-    let access = build_access(&top, reporter)?;
-    let memory = memory::build(
-        top.mapping("swapd", reporter, "a mapping of swapd settings")?,
-        &top.path("swapd"),
-        &models,
-        &models_path,
-        &memory::mem_total,
-        reporter,
-    )?;
+}
 
-    let shared = Globals {
-        global_ttl,
-        unload_timeout,
-        send_loading_state,
-    };
+/// Builds every model in sorted id order (ports from step 3, shared defaults from `shared`).
+fn build_models(
+    models: &Mapping,
+    ids: &[String],
+    models_path: &KeyPath,
+    ports: &BTreeMap<String, u16>,
+    shared: &Globals,
+    reporter: &mut Reporter<'_>,
+) -> Result<BTreeMap<String, ModelConfig>, ConfigError> {
     let mut built: BTreeMap<String, ModelConfig> = BTreeMap::new();
-    for id in &ids {
+    for id in ids {
         let mapping = models
             .get(id.as_str())
             .and_then(Value::as_mapping)
@@ -380,12 +523,31 @@ pub(crate) fn build(root: Value, reporter: &mut Reporter<'_>) -> Result<Config, 
             mapping,
             &models_path.key(id),
             ports.get(id).copied(),
-            &shared,
+            shared,
             reporter,
         )?;
         built.insert(id.clone(), model);
     }
-    let aliases = register_aliases(&mut built, &models_path, reporter)?;
+    Ok(built)
+}
+
+/// What runs together and how requests find models, all built after the models and aliases.
+struct Routing {
+    groups: Vec<GroupConfig>,
+    matrix: Option<MatrixConfig>,
+    peers: Peers,
+    selectors: BTreeMap<String, SelectorConfig>,
+    profiles: BTreeMap<String, ProfileConfig>,
+    preload: Vec<String>,
+}
+
+/// Groups (or the matrix), peers, selectors and profiles, the scheduler and the preload list.
+fn build_routing(
+    top: &Fields<'_>,
+    built: &BTreeMap<String, ModelConfig>,
+    aliases: &BTreeMap<String, String>,
+    reporter: &mut Reporter<'_>,
+) -> Result<Routing, ConfigError> {
     let resolve = |name: &str| -> Option<String> {
         if built.contains_key(name) {
             Some(name.to_string())
@@ -393,60 +555,40 @@ pub(crate) fn build(root: Value, reporter: &mut Reporter<'_>) -> Result<Config, 
             aliases.get(name).cloned()
         }
     };
-
-    let (groups, matrix_source) = build_groups(&top, &built, &aliases, reporter)?;
+    let (groups, matrix_source) = build_groups(top, built, aliases, reporter)?;
     // With the matrix router, sets decide what runs together and groups play no part.
     let (groups, matrix) = match matrix_source {
         Some((mapping, path)) => (
             Vec::new(),
             Some(super::matrix::build(
-                mapping, &path, &built, &aliases, reporter,
+                mapping, &path, built, aliases, reporter,
             )?),
         ),
         None => (groups, None),
     };
     // Peers first: selector targets and profile pins may name peer models.
-    let peers = super::peers::build(&top, &built, &aliases, reporter)?;
+    let peers = super::peers::build(top, built, aliases, reporter)?;
     let selectors = super::selectors::build_selectors(
-        &top,
-        &built,
-        &aliases,
+        top,
+        built,
+        aliases,
         &groups,
         matrix.as_ref(),
         &peers,
         reporter,
     )?;
     let profiles =
-        super::selectors::build_profiles(&top, &built, &aliases, &selectors, &peers, reporter)?;
-    super::peers::check_reserved(&top, &peers, &selectors, &profiles, reporter)?;
-    check_scheduler(&top, &resolve, reporter)?;
-    let preload = build_preload(&top, &resolve, reporter)?;
-
-    Ok(Config {
-        health_check_timeout: seconds(health_check_timeout),
-        log_level,
-        log_time_format,
-        log_to_stdout,
-        log_format,
-        start_port: u16::try_from(start_port).expect("startPort was range-checked"),
-        send_loading_state,
-        include_aliases_in_list,
-        global_ttl: seconds(global_ttl),
-        unload_timeout: seconds(unload_timeout),
-        metrics_max_in_memory: usize::try_from(metrics_max_in_memory).unwrap_or(usize::MAX),
-        activity_store,
-        api_keys,
-        models: built,
+        super::selectors::build_profiles(top, built, aliases, &selectors, &peers, reporter)?;
+    super::peers::check_reserved(top, &peers, &selectors, &profiles, reporter)?;
+    check_scheduler(top, &resolve, reporter)?;
+    let preload = build_preload(top, &resolve, reporter)?;
+    Ok(Routing {
         groups,
         matrix,
+        peers,
         selectors,
         profiles,
         preload,
-        aliases,
-        limits,
-        access,
-        memory,
-        peers,
     })
 }
 
