@@ -2,18 +2,25 @@
 //! stall a request body for longer than `headerTimeout`, without ever touching a connection
 //! whose request is being answered.
 //!
-//! tiny_http has no timeouts. A socket read timeout (SO_RCVTIMEO) would also fire on the
-//! connection thread that waits for the *next* request while a long request is still being
-//! answered, which shuts the read side and silently breaks keep-alive for every request longer
-//! than the timeout; and a per-read timeout does not stop a client that sends one byte at a
-//! time. So every connection is registered here when its thread starts (with the handle the
-//! vendored tiny_http gives it, which owns the socket), handlers mark requests in progress and
-//! bodies being read, and one thread keeps a deadline per connection in a min-heap and sleeps
-//! until the earliest one is due. Nothing here ever visits all connections: registering and
-//! each deadline cost O(log N) under the guard's lock, marking a request touches only its own
-//! connection's state (attached to the connection's handle, so no lookup either), and a
-//! connection has at most one deadline queued (a later one is queued only when the earlier one
-//! has fired).
+//! tiny_http has no timeouts, and a socket read timeout (SO_RCVTIMEO) is not the one needed:
+//! it bounds each read, so a client that sends its request head or body one byte at a time
+//! never trips it, while the limit here is on the whole head, the whole idle gap and each
+//! stall of a body. (Stock tiny_http gave the read timeout a second flaw: its connection thread
+//! read the *next* request while a long one was still being answered elsewhere, so the timeout
+//! fired mid-answer and broke keep-alive. The vendored tiny_http runs the handler on the
+//! connection's own thread and reads the next request only after it returns, so that reason is
+//! gone; the trickling one is not.)
+//!
+//! So every connection is registered here when its thread starts, with the
+//! `tiny_http::ConnectionHandle` the vendored crate gives it (which keeps the socket open and
+//! lets the guard shut it down directly, with no search for its descriptor); handlers mark
+//! requests in progress and bodies being read; and one thread (`conn-guard`) keeps one
+//! deadline per connection in a min-heap and sleeps until the earliest one is due. Nothing
+//! here ever visits all connections: registering and each deadline cost O(log N) under the
+//! guard's lock, marking a request touches only its own connection's state (attached to the
+//! connection's handle with `attach`, so no lookup either), and a connection has at most one
+//! deadline queued (a later one is queued only when the earlier one has fired). What to do
+//! when a deadline comes up is the pure function `verdict`, table-tested below.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};

@@ -204,9 +204,10 @@ pub fn exposure_warnings(config: &Config, listen: SocketAddr) -> Vec<String> {
 /// This machine's host name, lowercase (read once at startup).
 pub fn machine_hostname() -> Option<String> {
     let mut buffer = [0u8; 256];
-    // SAFETY: gethostname writes at most `len` bytes into the buffer we own.
-    let result =
-        unsafe { libc::gethostname(buffer.as_mut_ptr() as *mut libc::c_char, buffer.len()) };
+    let (pointer, length) = (buffer.as_mut_ptr().cast::<libc::c_char>(), buffer.len());
+    // SAFETY: gethostname writes at most `length` bytes into `buffer`, which we own and which
+    // outlives the call.
+    let result = unsafe { libc::gethostname(pointer, length) };
     if result != 0 {
         return None;
     }
