@@ -616,8 +616,6 @@ pub fn generate_request(
     })
 }
 
-
-
 /// The name a model is listed under: Ollama clients expect an explicit tag, so an id without
 /// one gets `:latest`.
 pub fn listed_name(id: &str) -> String {

@@ -94,9 +94,7 @@ fn format_and_think() {
     let schema = json!({"type": "object", "properties": {"a": {"type": "string"}}});
     assert_eq!(
         response_format(Some(&schema)).unwrap(),
-        Some(
-            json!({"type": "json_schema", "json_schema": {"name": "schema", "schema": schema}})
-        )
+        Some(json!({"type": "json_schema", "json_schema": {"name": "schema", "schema": schema}}))
     );
     assert_eq!(response_format(Some(&json!(""))).unwrap(), None);
     assert!(response_format(Some(&json!("yaml"))).is_err());
@@ -195,8 +193,7 @@ fn generate_routes_by_mode() {
         chat.body["messages"],
         json!([{"role": "system", "content": "s"}, {"role": "user", "content": "p"}])
     );
-    let raw =
-        generate_request(&json!({"model": "m", "prompt": "p", "raw": true}), true).unwrap();
+    let raw = generate_request(&json!({"model": "m", "prompt": "p", "raw": true}), true).unwrap();
     assert_eq!(raw.endpoint, Endpoint::Completions);
     assert_eq!(raw.body["prompt"], "p");
     let infill = generate_request(
@@ -418,8 +415,7 @@ fn embeddings() {
     let out = embed_response("e", &upstream, Some(2), &Measured::default()).unwrap();
     assert_eq!(out["embeddings"], json!([[0.6, 0.8], [0.0, 1.0]]));
     assert_eq!(out["prompt_eval_count"], 6);
-    let legacy =
-        legacy_embedding_response(&json!({"data": [{"embedding": [3.0, 4.0]}]})).unwrap();
+    let legacy = legacy_embedding_response(&json!({"data": [{"embedding": [3.0, 4.0]}]})).unwrap();
     assert_eq!(legacy, json!({"embedding": [3.0, 4.0]}));
     assert!(embed_response("e", &json!({"oops": 1}), None, &Measured::default()).is_err());
 }
