@@ -1,6 +1,11 @@
 //! Wiring the daemon together: command line, logger, signals, supervisor, HTTP server, and the
 //! shutdown order (stop accepting → let requests finish → stop every child → exit).
+//!
+//! This is the top of the module graph (ARCHITECTURE.md, "Dependencies"): it builds the config
+//! cell, the supervisor, the HTTP front and the reload path, and plugs the Ollama API into the
+//! front, so none of those needs to know the others above its own layer.
 
+use std::fmt;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -9,8 +14,8 @@ use crate::config::{self, LogLevel};
 use crate::logs::{Logs, ProxyLogger};
 use crate::metrics::Metrics;
 use crate::proxy::{self, App};
-use crate::reload::{self, ReloadRequest};
-use crate::supervisor::Supervisor;
+use crate::reload::{self, Reloader};
+use crate::supervisor::{self, ReloadRequest, Supervisor};
 use crate::systemd;
 
 /// What the command line asked for.
@@ -144,16 +149,57 @@ fn level_filter(level: LogLevel) -> log::LevelFilter {
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT. Returns an error message for exit code 1.
-pub fn run(options: Options) -> Result<(), String> {
+/// Why the daemon could not start (exit code 1); the message is what `swapd:` prints.
+#[derive(Debug)]
+pub enum RunError {
+    /// systemd's socket-activation variables are inconsistent.
+    Activation(String),
+    /// The config failed to load.
+    Config(config::ConfigError),
+    /// `--log-level` names no level.
+    LogLevel(String),
+    /// The listening socket could not be bound.
+    Listen {
+        address: String,
+        error: std::io::Error,
+    },
+    /// The listening socket could not be prepared (its address read or its handle shared).
+    Socket {
+        what: &'static str,
+        error: std::io::Error,
+    },
+    /// The HTTP server did not start.
+    Serve(std::io::Error),
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::Activation(message) => f.write_str(message),
+            RunError::Config(error) => write!(f, "{error}"),
+            RunError::LogLevel(level) => write!(
+                f,
+                "--log-level: unknown level '{level}' (debug, info, warn, error)"
+            ),
+            RunError::Listen { address, error } => write!(f, "cannot listen on {address}: {error}"),
+            RunError::Socket { what, error } => write!(f, "cannot {what}: {error}"),
+            RunError::Serve(error) => write!(f, "cannot start the HTTP server: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// Runs the daemon until SIGTERM or SIGINT. An error means exit code 1.
+pub fn run(options: Options) -> Result<(), RunError> {
     // The systemd variables are read (and removed) before any thread exists, since removing
     // environment variables races with threads reading them.
     let (notifier, notify_problem) = systemd::Notifier::from_environment();
     let notifier = Arc::new(notifier);
-    let activation = systemd::activated_listener()?;
+    let activation = systemd::activated_listener().map_err(RunError::Activation)?;
     let signals = block_signals();
     let sources = options.sources();
-    let loaded = config::load_sources(&sources).map_err(|e| e.to_string())?;
+    let loaded = config::load_sources(&sources).map_err(RunError::Config)?;
     for warning in &loaded.warnings {
         eprintln!("warning: {warning}");
     }
@@ -163,11 +209,7 @@ pub fn run(options: Options) -> Result<(), String> {
         Some("info") => log::LevelFilter::Info,
         Some("warn") => log::LevelFilter::Warn,
         Some("error") => log::LevelFilter::Error,
-        Some(other) => {
-            return Err(format!(
-                "--log-level: unknown level '{other}' (debug, info, warn, error)"
-            ))
-        }
+        Some(other) => return Err(RunError::LogLevel(other.to_string())),
         None => level_filter(config.log_level),
     };
     let logs = Arc::new(Logs::new(
@@ -206,16 +248,20 @@ pub fn run(options: Options) -> Result<(), String> {
             log::info!("using the listening socket passed by systemd; --listen is ignored");
             activation.listener
         }
-        None => proxy::bind(&options.listen)
-            .map_err(|e| format!("cannot listen on {}: {e}", options.listen))?,
+        None => proxy::bind(&options.listen).map_err(|error| RunError::Listen {
+            address: options.listen.clone(),
+            error,
+        })?,
     };
-    let local_addr = listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    let local_addr = listener.local_addr().map_err(|error| RunError::Socket {
+        what: "read the listening address",
+        error,
+    })?;
     let listener_fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
-    let server_listener = listener
-        .try_clone()
-        .map_err(|e| format!("cannot share the listening socket: {e}"))?;
+    let server_listener = listener.try_clone().map_err(|error| RunError::Socket {
+        what: "share the listening socket",
+        error,
+    })?;
     let metrics = Arc::new(Metrics::new(config.metrics_max_in_memory));
     let (supervisor, supervisor_thread) = Supervisor::start_with_notifier(
         config.clone(),
@@ -224,18 +270,27 @@ pub fn run(options: Options) -> Result<(), String> {
         notifier.clone(),
     );
     let (reload_tx, reload_rx) = crossbeam_channel::unbounded();
+    // The one config cell: handlers read it, only the reload path replaces it.
+    let current = Arc::new(config::Current::new(config.clone()));
     let app = Arc::new(App::new(
-        config.clone(),
+        current.clone(),
         supervisor.clone(),
         logs.clone(),
         metrics,
         local_addr,
         reload_tx.clone(),
+        vec![ollama_api],
     ));
-    app.guard.start(config.limits.header_timeout);
     spawn_memory_trimmer(app.clone());
     proxy::peers::spawn_checker(app.clone());
-    let mut server = Some(proxy::serve(&app, server_listener)?);
+    let mut server = Some(proxy::serve(&app, server_listener).map_err(RunError::Serve)?);
+    let front = app.clone();
+    let reloader = Reloader {
+        sources: sources.clone(),
+        config: current,
+        supervisor: supervisor.clone(),
+        on_change: Box::new(move |old, new| front.config_changing(old, new)),
+    };
     for warning in proxy::origin::exposure_warnings(&config, local_addr) {
         log::warn!("{warning}");
     }
@@ -254,7 +309,7 @@ pub fn run(options: Options) -> Result<(), String> {
     // Tests and scripts read this line to learn the port when listening on port 0.
     eprintln!("swapd: listening on http://{local_addr}");
 
-    preload(&supervisor, config.preload.clone());
+    supervisor::preload(&supervisor, &config.preload);
     notifier.ready();
 
     // The main thread serves reloads one at a time until SIGTERM or SIGINT; systemd hears
@@ -265,7 +320,7 @@ pub fn run(options: Options) -> Result<(), String> {
                 Ok(libc::SIGHUP) => {
                     log::info!("SIGHUP: reloading {}", sources.describe());
                     notifier.reloading();
-                    reload::serve(&sources, &app, ReloadRequest { reply: None }, &reload_rx);
+                    reloader.serve(ReloadRequest { reply: None }, &reload_rx);
                     notifier.ready();
                 }
                 Ok(signal) => {
@@ -277,7 +332,7 @@ pub fn run(options: Options) -> Result<(), String> {
             recv(reload_rx) -> request => {
                 if let Ok(request) = request {
                     notifier.reloading();
-                    reload::serve(&sources, &app, request, &reload_rx);
+                    reloader.serve(request, &reload_rx);
                     notifier.ready();
                 }
             }
@@ -308,29 +363,20 @@ pub fn run(options: Options) -> Result<(), String> {
     Ok(())
 }
 
-/// Loads `hooks.on_startup.preload` models one after another, in the background.
-pub fn preload(supervisor: &Supervisor, models: Vec<String>) {
-    if models.is_empty() {
-        return;
-    }
-    let supervisor = supervisor.clone();
-    let spawned = thread::Builder::new()
-        .name("preload".to_string())
-        .spawn(move || {
-            for model in models {
-                match supervisor.acquire_blocking(&model) {
-                    Ok(lease) => {
-                        log::info!(model = model.as_str(); "preloaded {model}");
-                        drop(lease);
-                    }
-                    Err(error) => {
-                        log::error!(model = model.as_str(); "preload of {model} failed: {error}")
-                    }
-                }
-            }
-        });
-    if let Err(error) = spawned {
-        log::error!("cannot start the preload thread: {error}");
+/// The Ollama API as a [`proxy::Dialect`]: its routes are handled by [`crate::ollama`], the
+/// others go back to the proxy's own routes.
+fn ollama_api(
+    app: &App,
+    request: tiny_http::Request,
+    method: &str,
+    path: &str,
+) -> Option<tiny_http::Request> {
+    match crate::ollama::route(method, path) {
+        Some(route) => {
+            crate::ollama::handle(app, request, route);
+            None
+        }
+        None => Some(request),
     }
 }
 
@@ -417,7 +463,7 @@ fn spawn_memory_trimmer(app: Arc<App>) {
                     let idle = *idle_since.get_or_insert_with(Instant::now);
                     if served_since_trim && idle.elapsed() >= IDLE_BEFORE_TRIM {
                         // Upstream connections kept for a burst that is over go too.
-                        app.upstream.close_idle(IDLE_BEFORE_TRIM);
+                        app.upstream().close_idle(IDLE_BEFORE_TRIM);
                         // SAFETY: malloc_trim is thread-safe and only returns free pages.
                         unsafe {
                             libc::malloc_trim(0);

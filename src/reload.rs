@@ -5,6 +5,10 @@
 //! daemon's main thread, so reloads are serialised and a burst collapses into one reload of the
 //! final file. A config that fails to load is rejected whole and the old one keeps serving.
 //! The supervisor decides per model what to keep, update in place, restart or stop.
+//!
+//! This module talks only to the config cell ([`config::Current`], which it alone writes) and
+//! the supervisor; what the HTTP front does about a new config reaches it as a callback the
+//! daemon supplies, so reload and the proxy do not import each other.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,73 +17,68 @@ use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::config;
-use crate::proxy::App;
-use crate::supervisor::{Phase, ReloadSummary};
+use crate::config::{self, Config};
+pub use crate::supervisor::ReloadRequest;
+use crate::supervisor::{ReloadOutcome, ReloadSummary, Supervisor};
 
-/// A request to reload; `reply` (if any) receives the outcome.
-pub struct ReloadRequest {
-    pub reply: Option<Sender<Result<ReloadSummary, String>>>,
+/// Called with (old, new) once the supervisor has the new config and before handlers see it.
+pub type OnChange = Box<dyn Fn(&Config, &Config) + Send + Sync>;
+
+/// Everything a reload touches.
+pub struct Reloader {
+    pub sources: config::Sources,
+    /// The config handlers read; replaced only here.
+    pub config: Arc<config::Current>,
+    pub supervisor: Supervisor,
+    /// What the HTTP front does about the change (routing state, exposure warnings).
+    pub on_change: OnChange,
 }
 
-/// Reloads the file once for this request and every other one already waiting, answering all.
-pub fn serve(
-    sources: &config::Sources,
-    app: &App,
-    first: ReloadRequest,
-    pending: &Receiver<ReloadRequest>,
-) {
-    let mut requests = vec![first];
-    requests.extend(pending.try_iter());
-    let outcome = reload(sources, app);
-    match &outcome {
-        Ok(summary) => log::info!("config reloaded from {}: {summary:?}", sources.describe()),
-        Err(error) => log::error!("config reload rejected, the old config keeps serving: {error}"),
-    }
-    for request in requests {
-        if let Some(reply) = request.reply {
-            let _ = reply.send(outcome.clone());
+impl Reloader {
+    /// Reloads once for this request and every other one already waiting, answering all.
+    pub fn serve(&self, first: ReloadRequest, pending: &Receiver<ReloadRequest>) {
+        let mut requests = vec![first];
+        requests.extend(pending.try_iter());
+        let outcome: ReloadOutcome = self.reload();
+        match &outcome {
+            Ok(summary) => log::info!(
+                "config reloaded from {}: {summary:?}",
+                self.sources.describe()
+            ),
+            Err(error) => {
+                log::error!("config reload rejected, the old config keeps serving: {error}")
+            }
+        }
+        for request in requests {
+            if let Some(reply) = request.reply {
+                let _ = reply.send(outcome.clone());
+            }
         }
     }
-}
 
-fn reload(sources: &config::Sources, app: &App) -> Result<ReloadSummary, String> {
-    let loaded = config::load_sources(sources).map_err(|error| error.to_string())?;
-    for warning in &loaded.warnings {
-        log::warn!("config: {warning}");
-    }
-    let new = Arc::new(loaded.config);
-    let old = app.config();
-    if old.log_to_stdout != new.log_to_stdout
-        || old.limits != new.limits
-        || old.log_format != new.log_format
-    {
-        log::warn!("reload: logToStdout and the swapd: limits take effect only after a restart");
-    }
-    if old.access != new.access || old.api_keys.is_empty() != new.api_keys.is_empty() {
-        for warning in crate::proxy::origin::exposure_warnings(&new, app.local_addr) {
-            log::warn!("{warning}");
+    fn reload(&self) -> Result<ReloadSummary, String> {
+        let loaded = config::load_sources(&self.sources).map_err(|error| error.to_string())?;
+        for warning in &loaded.warnings {
+            log::warn!("config: {warning}");
         }
+        let new = Arc::new(loaded.config);
+        let old = self.config.get();
+        if old.log_to_stdout != new.log_to_stdout
+            || old.limits != new.limits
+            || old.log_format != new.log_format
+        {
+            log::warn!(
+                "reload: logToStdout and the swapd: limits take effect only after a restart"
+            );
+        }
+        // The supervisor first, so a model that just became routable is known to it.
+        let summary = self.supervisor.reconfigure(new.clone());
+        (self.on_change)(&old, &new);
+        self.config.set(new.clone());
+        // Preload only what is not already running.
+        crate::supervisor::preload(&self.supervisor, &new.preload);
+        Ok(summary)
     }
-    // The supervisor first, so a model that just became routable is known to it.
-    let summary = app.supervisor.reconfigure(new.clone());
-    app.set_config(new.clone());
-    // Preload only what is not already running.
-    let running: Vec<String> = app
-        .supervisor
-        .snapshot()
-        .into_iter()
-        .filter(|status| status.phase != Phase::Stopped)
-        .map(|status| status.model)
-        .collect();
-    let to_load: Vec<String> = new
-        .preload
-        .iter()
-        .filter(|model| !running.contains(model))
-        .cloned()
-        .collect();
-    crate::daemon::preload(&app.supervisor, to_load);
-    Ok(summary)
 }
 
 /// What identifies one version of the file: it changes when the file is edited in place,

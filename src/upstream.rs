@@ -870,6 +870,21 @@ impl Read for Body<'_> {
     }
 }
 
+/// The request as it will be sent upstream.
+pub struct Outgoing {
+    pub method: String,
+    /// Path and query, e.g. `/v1/chat/completions` or `/slots?id=1`.
+    pub path_and_query: String,
+    /// Client header lines to pass on, each `Name: value\r\n` (hop-by-hop, Host and
+    /// Content-Length already removed).
+    pub headers: Vec<u8>,
+    pub body: Vec<u8>,
+    /// Whether the request gets an activity row: POSTs to the model-dispatched inference
+    /// routes, directly or through `/upstream/<model>/`, as llama-swap meters them (not a
+    /// passthrough `GET /health`, for instance).
+    pub metered: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
-use crate::proxy::forward::Outgoing;
+use crate::upstream::Outgoing;
 
 /// Header names whose values are never shown (llama-swap's list).
 const REDACTED: [&str; 5] = [

@@ -90,8 +90,8 @@ pub fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
         .map(|pair| {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             (
-                crate::proxy::extract::percent_decode(key),
-                crate::proxy::extract::percent_decode(value),
+                crate::http::percent_decode(key),
+                crate::http::percent_decode(value),
             )
         })
 }

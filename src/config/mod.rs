@@ -13,10 +13,12 @@
 
 mod access;
 mod command;
+mod current;
 mod env;
 mod error;
 mod macros;
 mod matrix;
+pub mod matrix_solver;
 mod memory;
 mod peers;
 mod scan;
@@ -42,6 +44,7 @@ pub use access::{
 #[cfg(test)]
 pub(crate) use access::{parse_host as access_parse_host, parse_origin as access_parse_origin};
 pub use command::split_command;
+pub use current::Current;
 pub use error::ConfigError;
 pub use matrix::{Expr as MatrixExpr, MatrixConfig, MatrixSet};
 pub use memory::{human_bytes, size as parse_size, DeclaredFootprint, GpuBudget, MemoryConfig};

@@ -231,7 +231,7 @@ fn check_coexistence(
     }
     if let Some(matrix) = matrix {
         let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
-        if crate::supervisor::matrix::can_contain_all(matrix, &refs) {
+        if super::matrix_solver::can_contain_all(matrix, &refs) {
             return Ok(());
         }
         return Err("spillover targets must all appear together in one matrix set".to_string());

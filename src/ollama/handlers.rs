@@ -138,7 +138,7 @@ fn now() -> String {
 /// When swapd started, for listings of models without a known file.
 fn started_at(app: &App) -> SystemTime {
     SystemTime::now()
-        .checked_sub(app.started_at.elapsed())
+        .checked_sub(app.started_at().elapsed())
         .unwrap_or_else(SystemTime::now)
 }
 
@@ -149,15 +149,9 @@ fn started_at(app: &App) -> SystemTime {
 /// The request body as JSON.
 fn read_json(app: &App, request: &mut tiny_http::Request) -> Result<Value, Failure> {
     let limit = app.limits().max_body_bytes;
-    let body = read_body(app, request, limit).map_err(|too_large| {
-        if too_large {
-            Failure::new(
-                413,
-                format!("request body is larger than the limit of {limit} bytes"),
-            )
-        } else {
-            Failure::new(400, "the request body could not be read (truncated?)")
-        }
+    let body = read_body(app, request, limit).map_err(|error| {
+        let (status, message) = error.status_and_message(limit);
+        Failure::new(status, message)
     })?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(Failure::new(400, "missing request body"));
@@ -243,13 +237,13 @@ fn wait_for_lease(
     explicit_load: bool,
     tracked: Option<&Entry>,
 ) -> Result<Lease, Option<Failure>> {
-    if let Some(lease) = app.supervisor.try_lease(model_id) {
+    if let Some(lease) = app.supervisor().try_lease(model_id) {
         return Ok(lease);
     }
     let mut ticket = if explicit_load {
-        app.supervisor.request_load(model_id)
+        app.supervisor().request_load(model_id)
     } else {
-        app.supervisor.request(model_id)
+        app.supervisor().request(model_id)
     };
     loop {
         match ticket.wait(Duration::from_millis(250)) {
@@ -324,7 +318,7 @@ fn admit<'a>(
     };
     let model_id = admission.model_id;
     let tracked = app
-        .inflight
+        .inflight()
         .begin(model_id, outgoing, request.remote_addr().copied());
     let lease = acquire(
         app,
@@ -336,7 +330,7 @@ fn admit<'a>(
         Some(&tracked.entry),
     )?;
     let load = admission.started.elapsed();
-    app.supervisor
+    app.supervisor()
         .set_idle(model_id, idle_override(admission.keep_alive));
     Ok((tracked, lease, load))
 }
@@ -377,10 +371,10 @@ fn record(
         "POST {path} model={model_id} {status} {:.1}ms",
         started.elapsed().as_secs_f64() * 1000.0
     );
-    if !app.request_metrics {
+    if !app.request_metrics() {
         return;
     }
-    app.metrics.record_request(crate::metrics::RequestRecord {
+    app.metrics().record_request(crate::metrics::RequestRecord {
         model: model_id,
         path,
         status,
@@ -390,7 +384,7 @@ fn record(
     });
     // The Ollama routes are inference requests too: they get activity rows (the response
     // type is not tracked here, and a failure's row carries only its status).
-    app.activity.record(crate::activity::Finished {
+    app.activity().record(crate::activity::Finished {
         model: model_id,
         path,
         content_type: "",
@@ -490,7 +484,7 @@ fn exchange_json(
         body: Some(&outgoing.body),
     };
     let cancelled = || Failure::new(503, cancel_message(lease.model()));
-    let sent = app.upstream.send_observed(
+    let sent = app.upstream().send_observed(
         lease.upstream(),
         &request,
         Some(timeout),

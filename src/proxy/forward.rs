@@ -16,20 +16,7 @@ use crate::upstream::UpstreamError;
 use super::{App, ClientSocket};
 use crate::activity::inflight::Entry;
 
-/// The request as it will be sent upstream.
-pub struct Outgoing {
-    pub method: String,
-    /// Path and query, e.g. `/v1/chat/completions` or `/slots?id=1`.
-    pub path_and_query: String,
-    /// Client header lines to pass on, each `Name: value\r\n` (hop-by-hop, Host and
-    /// Content-Length already removed).
-    pub headers: Vec<u8>,
-    pub body: Vec<u8>,
-    /// Whether the request gets an activity row: POSTs to the model-dispatched inference
-    /// routes, directly or through `/upstream/<model>/`, as llama-swap meters them (not a
-    /// passthrough `GET /health`, for instance).
-    pub metered: bool,
-}
+pub use crate::upstream::Outgoing;
 
 /// Headers that describe one connection, not the message, and must not be forwarded.
 pub fn is_hop_by_hop(name: &str) -> bool {
@@ -251,7 +238,7 @@ pub fn forward_to(
         .header("content-type")
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let content_length = response.content_length();
-    let content_type = if app.request_metrics {
+    let content_type = if app.request_metrics() {
         response.header("content-type").unwrap_or("").to_string()
     } else {
         String::new()
@@ -287,10 +274,10 @@ pub fn forward_to(
     // Token usage is read from what passes through, piece by piece; compressed bodies are
     // passed on untouched and not scanned.
     let compressed = response.header("content-encoding").is_some();
-    let mut scanner = (app.request_metrics && !compressed)
+    let mut scanner = (app.request_metrics() && !compressed)
         .then(|| crate::proxy::usage::UsageScanner::new(is_sse));
     let mut time_to_first_token = None;
-    let mut error_body = (status != 200 && app.request_metrics).then(Vec::new);
+    let mut error_body = (status != 200 && app.request_metrics()).then(Vec::new);
     let mut reader = response.into_body();
     let mut bytes = 0u64;
     let started = Instant::now();

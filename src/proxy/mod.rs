@@ -7,6 +7,7 @@
 pub mod extract;
 pub mod forward;
 pub mod guard;
+pub mod hooks;
 pub mod origin;
 pub mod peers;
 mod routes;
@@ -18,104 +19,151 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, Limits};
+use crossbeam_channel::Sender;
+
+use crate::activity::inflight::Inflight;
+use crate::activity::ActivityLog;
+use crate::config::{self, Config, Limits};
 use crate::logs::Logs;
 use crate::metrics::Metrics;
-use crate::supervisor::Supervisor;
+use crate::supervisor::{ReloadRequest, Supervisor};
+use crate::upstream;
 
-/// Everything a handler needs, shared by all connection threads.
+pub use hooks::Hooks;
+
+/// Another API served on the same port (the Ollama API): given the request's upper-case method
+/// and path, it handles the request if the route is one of its own (`None`) or gives it back.
+/// The daemon plugs it in, so the proxy does not depend on the modules that implement it.
+pub type Dialect = fn(&App, tiny_http::Request, &str, &str) -> Option<tiny_http::Request>;
+
+/// Everything a handler needs, shared by all connection threads. The fields are private:
+/// handlers in this module use them directly, other modules go through the accessors below.
 pub struct App {
-    config: RwLock<Arc<Config>>,
-    pub supervisor: Supervisor,
-    pub logs: Arc<Logs>,
-    pub metrics: Arc<Metrics>,
+    // What the daemon hands the front: the config in force (written only by the reload path),
+    // the supervisor, and the stores handlers write to.
+    config: Arc<config::Current>,
+    supervisor: Supervisor,
+    logs: Arc<Logs>,
+    metrics: Arc<Metrics>,
     /// Finished requests in llama-swap's activity shape (bounded by `metricsMaxInMemory`).
-    pub activity: Arc<crate::activity::ActivityLog>,
+    activity: Arc<ActivityLog>,
     /// Requests being served, for `/api/events` and cancelling.
-    pub inflight: crate::activity::inflight::Inflight,
+    inflight: Inflight,
     /// Connections to the upstreams, pooled per upstream.
-    pub upstream: crate::upstream::Client,
-    pub local_addr: SocketAddr,
-    pub started_at: Instant,
-    pub guard: Arc<guard::ConnectionGuard>,
+    upstream: upstream::Client,
     /// Where reload requests go (served one at a time by the daemon's main thread).
-    pub reloads: crossbeam_channel::Sender<crate::reload::ReloadRequest>,
+    reloads: Sender<ReloadRequest>,
+    /// APIs other than llama-swap's served on the same routes table (see [`Dialect`]).
+    dialects: Vec<Dialect>,
+
+    // The front's own state.
+    local_addr: SocketAddr,
+    started_at: Instant,
+    /// This machine's host name, read once at startup for the `Host` check (see [`origin`]).
+    hostname: Option<String>,
+    guard: Arc<guard::ConnectionGuard>,
     active: AtomicUsize,
     shutting_down: AtomicBool,
-    /// Fault injection for tests: a request for exactly this path makes its handler panic
-    /// (from the environment variable `SWAPD_FAULT_PANIC_PATH`; unset in normal use).
-    pub fault_panic_path: Option<String>,
-    /// Per-request metrics (token scanning, counters, rows). Only the proxy benchmark turns
-    /// them off (`SWAPD_BENCH_NO_REQUEST_METRICS=1`), to measure what they add to latency.
-    pub request_metrics: bool,
-    /// This machine's host name, read once at startup for the `Host` check (see [`origin`]).
-    pub hostname: Option<String>,
     /// The active profile and the selectors' in-flight counts.
-    pub routing: routing::RoutingState,
+    routing: routing::RoutingState,
     /// Peer reachability and this swapd's loop-detection token (see [`peers`]).
-    pub peers: peers::PeerRuntime,
+    peers: peers::PeerRuntime,
+    /// Test hooks (always off without the `test-hooks` feature).
+    hooks: Hooks,
 }
 
 impl App {
     pub fn new(
-        config: Arc<Config>,
+        config: Arc<config::Current>,
         supervisor: Supervisor,
         logs: Arc<Logs>,
         metrics: Arc<Metrics>,
         local_addr: SocketAddr,
-        reloads: crossbeam_channel::Sender<crate::reload::ReloadRequest>,
+        reloads: Sender<ReloadRequest>,
+        dialects: Vec<Dialect>,
     ) -> App {
-        let activity = Arc::new(crate::activity::open(
-            config.metrics_max_in_memory,
-            config.activity_store.as_deref(),
-        ));
+        let activity = {
+            let config = config.get();
+            Arc::new(crate::activity::open(
+                config.metrics_max_in_memory,
+                config.activity_store.as_deref(),
+            ))
+        };
         App {
-            config: RwLock::new(config),
+            config,
             supervisor,
             logs,
             metrics,
             activity,
-            inflight: crate::activity::inflight::Inflight::new(),
-            upstream: crate::upstream::Client::new(Duration::from_secs(5)),
+            inflight: Inflight::new(),
+            upstream: upstream::Client::new(Duration::from_secs(5)),
+            reloads,
+            dialects,
             local_addr,
             started_at: Instant::now(),
+            hostname: origin::machine_hostname(),
             guard: Arc::new(guard::ConnectionGuard::new()),
-            reloads,
             active: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
-            fault_panic_path: std::env::var("SWAPD_FAULT_PANIC_PATH")
-                .ok()
-                .filter(|path| !path.is_empty()),
-            request_metrics: std::env::var_os("SWAPD_BENCH_NO_REQUEST_METRICS").is_none(),
-            hostname: origin::machine_hostname(),
             routing: routing::RoutingState::default(),
             peers: peers::PeerRuntime::new(),
+            hooks: Hooks::from_environment(),
         }
     }
 
     /// The current configuration (a cheap `Arc` clone; reloads swap it whole).
     pub fn config(&self) -> Arc<Config> {
-        self.config
-            .read()
-            .expect("the config lock is never held across a panic")
-            .clone()
-    }
-
-    /// Replaces the configuration handlers see (after a reload).
-    pub fn set_config(&self, config: Arc<Config>) {
-        self.routing.reset_for(&config);
-        *self
-            .config
-            .write()
-            .expect("the config lock is never held across a panic") = config;
+        self.config.get()
     }
 
     pub fn limits(&self) -> Limits {
         self.config().limits.clone()
+    }
+
+    /// What the front does when a reload replaces the config, before handlers see the new one:
+    /// the active profile ends and selector counters of removed selectors go, and a change in
+    /// who may connect repeats the startup exposure warnings.
+    pub fn config_changing(&self, old: &Config, new: &Config) {
+        if old.access != new.access || old.api_keys.is_empty() != new.api_keys.is_empty() {
+            for warning in origin::exposure_warnings(new, self.local_addr) {
+                log::warn!("{warning}");
+            }
+        }
+        self.routing.reset_for(new);
+    }
+
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn activity(&self) -> &ActivityLog {
+        &self.activity
+    }
+
+    pub fn inflight(&self) -> &Inflight {
+        &self.inflight
+    }
+
+    pub fn upstream(&self) -> &upstream::Client {
+        &self.upstream
+    }
+
+    /// When this App was made (the daemon's start, for uptimes).
+    pub fn started_at(&self) -> Instant {
+        self.started_at
+    }
+
+    /// Whether requests are metered (only a benchmark's test hook turns it off).
+    pub fn request_metrics(&self) -> bool {
+        self.hooks.request_metrics
     }
 
     /// Requests being handled right now.
@@ -188,9 +236,12 @@ pub fn prepare_listener(listener: &TcpListener) -> std::io::Result<()> {
 /// Serves `listener` (prepared with [`prepare_listener`]) with swapd's handler: tiny_http's
 /// accept thread hands each connection to its own thread, which registers it with the
 /// connection guard and runs [`handler`]'s requests.
-pub fn serve(app: &Arc<App>, listener: TcpListener) -> Result<tiny_http::Server, String> {
+///
+/// It also starts the connection guard's thread (idle and slow clients, see [`guard`]).
+pub fn serve(app: &Arc<App>, listener: TcpListener) -> std::io::Result<tiny_http::Server> {
+    app.guard.start(app.limits().header_timeout);
     tiny_http::Server::from_listener_with_handler(listener, handler(app.clone()), CONNECTION_STACK)
-        .map_err(|e| format!("cannot start the HTTP server: {e}"))
+        .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 /// Stack size of the connection threads that run the handlers. Only the pages a thread touches
@@ -269,15 +320,39 @@ pub fn stop_accepting(app: &App, listener_fd: Option<RawFd>, deadline: Instant) 
     }
 }
 
-/// Reads a request body up to `limit` bytes. `Err(true)` means it was larger than the limit,
-/// `Err(false)` that it could not be read or was cut short.
+/// Why a request body was not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// It is (or declares itself) larger than the limit: 413.
+    TooLarge,
+    /// It could not be read or was cut short: 400.
+    Unreadable,
+}
+
+impl BodyError {
+    /// The status and message the client gets; `limit` is the limit that was applied.
+    pub fn status_and_message(self, limit: usize) -> (u16, String) {
+        match self {
+            BodyError::TooLarge => (
+                413,
+                format!("request body is larger than the limit of {limit} bytes"),
+            ),
+            BodyError::Unreadable => (
+                400,
+                "the request body could not be read (truncated?)".to_string(),
+            ),
+        }
+    }
+}
+
+/// Reads a request body up to `limit` bytes.
 pub(crate) fn read_body(
     app: &App,
     request: &mut tiny_http::Request,
     limit: usize,
-) -> Result<Vec<u8>, bool> {
+) -> Result<Vec<u8>, BodyError> {
     if request.body_length().is_some_and(|length| length > limit) {
-        return Err(true);
+        return Err(BodyError::TooLarge);
     }
     let _reading = app.guard.reading_body(request.connection());
     let declared = request.body_length();
@@ -291,12 +366,12 @@ pub(crate) fn read_body(
         .take(limit as u64 + 1)
         .read_to_end(&mut body);
     match read {
-        Ok(_) if body.len() > limit => Err(true),
+        Ok(_) if body.len() > limit => Err(BodyError::TooLarge),
         // tiny_http reports a body cut short by the client as a normal end.
-        Ok(_) if declared.is_some_and(|length| body.len() < length) => Err(false),
-        Ok(_) if chunked && client_of_request(request).is_gone() => Err(false),
+        Ok(_) if declared.is_some_and(|length| body.len() < length) => Err(BodyError::Unreadable),
+        Ok(_) if chunked && client_of_request(request).is_gone() => Err(BodyError::Unreadable),
         Ok(_) => Ok(body),
-        Err(_) => Err(false),
+        Err(_) => Err(BodyError::Unreadable),
     }
 }
 

@@ -28,8 +28,8 @@ use super::extract::{self, ModelSource};
 use super::forward::{self, Destination, Outgoing, Target, TargetKind};
 use super::{client_of_request, App};
 
-/// How often every peer is checked when nothing else asks (overridable for tests with
-/// `SWAPD_PEER_CHECK_INTERVAL_MS`).
+/// How often every peer is checked when nothing else asks (a test hook may change it, see
+/// `hooks.rs`).
 const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// The longest a reachability check waits for the peer's answer.
 const CHECK_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -229,7 +229,7 @@ pub fn forward(
     if outcome.status == 502 && outcome.bytes == 0 {
         app.peers.wake_checker();
     }
-    if app.request_metrics {
+    if app.request_metrics() {
         let path = outgoing
             .path_and_query
             .split('?')
@@ -443,11 +443,10 @@ fn escape(value: &str) -> String {
 /// Starts the reachability checker: every interval (or when woken), each configured peer of
 /// the current config is checked in turn, without holding any lock while it waits.
 pub fn spawn_checker(app: Arc<App>) {
-    let interval = std::env::var("SWAPD_PEER_CHECK_INTERVAL_MS")
-        .ok()
-        .and_then(|text| text.parse::<u64>().ok())
-        .filter(|&ms| ms > 0)
-        .map_or(DEFAULT_CHECK_INTERVAL, Duration::from_millis);
+    let interval = app
+        .hooks
+        .peer_check_interval
+        .unwrap_or(DEFAULT_CHECK_INTERVAL);
     let spawned = thread::Builder::new()
         .name("peer-checker".to_string())
         .stack_size(256 * 1024)

@@ -11,13 +11,18 @@ mod admission;
 pub mod footprints;
 pub mod gate;
 pub mod health;
-pub mod matrix;
+pub use crate::config::matrix_solver as matrix;
 pub mod memory;
 pub mod plan;
+mod preload;
 pub mod process;
+mod reload_request;
 pub mod sampler;
 #[cfg(test)]
 mod stale_tests;
+
+pub use preload::preload;
+pub use reload_request::{ReloadOutcome, ReloadRequest};
 
 use std::collections::{HashMap, VecDeque};
 use std::process::ExitStatus;

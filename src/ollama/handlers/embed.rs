@@ -41,7 +41,7 @@ pub(super) fn embed(app: &App, mut request: tiny_http::Request, legacy: bool) {
         }
     };
     if parsed.inputs.is_empty() && parsed.keep_alive == Some(KeepAlive::Unload) {
-        app.supervisor.unload(Some(&resolved.id));
+        app.supervisor().unload(Some(&resolved.id));
         return send_json(request, 200, &empty());
     }
     let mut upstream_request = translate::embed_upstream_body(&parsed);

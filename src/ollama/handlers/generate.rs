@@ -86,7 +86,7 @@ pub(super) fn generation(app: &App, mut request: tiny_http::Request, kind: Kind)
         body: Some(&outgoing.body),
     };
     let sent_at = Instant::now();
-    let sent = app.upstream.send_observed(
+    let sent = app.upstream().send_observed(
         lease.upstream(),
         &upstream_request,
         Some(timeout),
@@ -219,11 +219,11 @@ fn load_or_unload(
     };
     let unload = translated.keep_alive == Some(KeepAlive::Unload);
     if unload {
-        app.supervisor.unload(Some(&resolved.id));
+        app.supervisor().unload(Some(&resolved.id));
     } else {
         match acquire(app, &resolved.id, client, true, path, started, None) {
             Ok(lease) => {
-                app.supervisor
+                app.supervisor()
                     .set_idle(&resolved.id, idle_override(translated.keep_alive));
                 drop(lease);
             }
@@ -277,7 +277,7 @@ fn stream_ndjson(
     }
     let mut translator = NdjsonStream::new(context.kind, context.model);
     let mut scanner = app
-        .request_metrics
+        .request_metrics()
         .then(|| crate::proxy::usage::UsageScanner::new(true));
     let mut out = Vec::with_capacity(512);
     let mut first_piece: Option<Instant> = None;

@@ -28,9 +28,9 @@ const FOREVER: Duration = Duration::from_nanos(i64::MAX as u64);
 pub(super) fn ps(app: &App, request: tiny_http::Request) {
     let config = app.config();
     let now = SystemTime::now();
-    let memory = app.supervisor.memory_report();
+    let memory = app.supervisor().memory_report();
     let mut running: Vec<(Duration, Value)> = app
-        .supervisor
+        .supervisor()
         .snapshot()
         .into_iter()
         .filter(|status| status.phase == Phase::Ready)

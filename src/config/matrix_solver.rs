@@ -1,6 +1,10 @@
 //! The matrix router's swap decision as a pure function: (target, running models, compiled
 //! sets, eviction costs) → (set chosen, models to evict, cost).
 //!
+//! It lives next to the compiled sets it reads (`matrix.rs`) because loading uses it too (a
+//! selector's spillover targets must fit in one set); the supervisor reaches it as
+//! `supervisor::matrix`.
+//!
 //! Rules (llama-swap §1.6): a running target changes nothing; otherwise every set whose
 //! expression has an alternative containing the target is a candidate, its cost is the sum of
 //! the eviction costs of the running models outside that alternative, the cheapest wins and
