@@ -5,7 +5,7 @@ SWAPD_CACHE ?= $(HOME)/.cache/swapd
 export SWAPD_CACHE
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: build release run run-prereqs run-fake test test-unit test-e2e e2e-deps lint fmt fmt-check bench bench-real soak clean
+.PHONY: build release release-test-hooks run run-prereqs run-fake test test-unit test-e2e e2e-deps lint fmt fmt-check bench bench-real soak clean
 .PHONY: install install-files deb test-ops test-package test-prometheus
 .PHONY: bench-scale
 .PHONY: ui-gz test-ui
@@ -51,20 +51,31 @@ e2e-deps:
 
 test: test-unit test-e2e test-ops
 
-test-unit:
-	$(CARGO) build --bins
-	$(CARGO) test
+# The test hooks (cargo feature `test-hooks`, see src/proxy/hooks.rs) are on for the tests and
+# benchmarks: cargo builds the swapd binary the integration tests run with the same features.
+# Tests that need a hook are reported as ignored in a plain `cargo test`.
+TEST_FEATURES ?= --features test-hooks
 
-test-e2e: release e2e-deps
+test-unit:
+	$(CARGO) build --bins $(TEST_FEATURES)
+	$(CARGO) test $(TEST_FEATURES)
+
+# The release binary with the test hooks (the multi-host e2e test shortens the peer check
+# interval); `make release` builds it again without them.
+release-test-hooks:
+	$(CARGO) build --release --bins $(TEST_FEATURES)
+
+test-e2e: release-test-hooks e2e-deps
 	SWAPD_BIN=$(CURDIR)/target/release/swapd tests/e2e/run.sh
 	SWAPD_BIN=$(CURDIR)/target/release/swapd tests/e2e/run_ui.sh
 
 # Only the browser test of the web UI (headless Chromium + selenium, installed when missing).
-test-ui: release e2e-deps
+test-ui: release-test-hooks e2e-deps
 	SWAPD_BIN=$(CURDIR)/target/release/swapd tests/e2e/run_ui.sh
 
 lint:
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets $(TEST_FEATURES) -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
@@ -73,14 +84,14 @@ fmt-check:
 	$(CARGO) fmt --all -- --check
 
 bench:
-	$(CARGO) bench --bench logbuf
-	$(CARGO) bench --bench metrics
-	$(CARGO) bench --bench extract
-	$(CARGO) bench --bench access
-	$(CARGO) bench --bench ollama
-	$(CARGO) bench --bench matrix
-	$(CARGO) bench --bench proxy
-	$(CARGO) bench --bench peers
+	$(CARGO) bench $(TEST_FEATURES) --bench logbuf
+	$(CARGO) bench $(TEST_FEATURES) --bench metrics
+	$(CARGO) bench $(TEST_FEATURES) --bench extract
+	$(CARGO) bench $(TEST_FEATURES) --bench access
+	$(CARGO) bench $(TEST_FEATURES) --bench ollama
+	$(CARGO) bench $(TEST_FEATURES) --bench matrix
+	$(CARGO) bench $(TEST_FEATURES) --bench proxy
+	$(CARGO) bench $(TEST_FEATURES) --bench peers
 
 # N idle connections and N concurrent streams for N = 100 … 10,000 (SWAPD_SCALE_N=100,1000
 # for fewer); raises its own descriptor limit.

@@ -472,6 +472,8 @@ fn a_request_that_loops_back_is_answered_508() {
 }
 
 #[test]
+// Sets a test hook, which only a build with the feature reads.
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs --features test-hooks")]
 fn reachability_is_reported_in_running_metrics_models_and_events() {
     let alive = FakePeer::start("alive");
     let port = dead_port();

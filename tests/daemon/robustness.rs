@@ -2225,6 +2225,8 @@ fn api_keys_never_appear_in_logs() {
 }
 
 #[test]
+// Sets a test hook, which only a build with the feature reads.
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs --features test-hooks")]
 fn a_panicking_handler_answers_500_and_swapd_keeps_serving() {
     let daemon = Daemon::start_with_env(
         &simple_config(&["m1"], "", ""),
