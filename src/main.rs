@@ -37,10 +37,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        // A daemon that could not start says why (`RunError`'s text) and exits with 1.
         Action::Run(options) => match daemon::run(options) {
             Ok(()) => ExitCode::SUCCESS,
-            Err(message) => {
-                eprintln!("swapd: {message}");
+            Err(error) => {
+                eprintln!("swapd: {error}");
                 ExitCode::FAILURE
             }
         },
