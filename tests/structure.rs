@@ -169,10 +169,12 @@ fn references(code: &str, depth: usize, root: &str, known: &BTreeSet<String>) ->
                     inline.pop();
                 }
             }
-            Token::Ident(word) if word == "mod" => {
-                if ident(i + 1).is_some() && tokens.get(i + 2) == Some(&Token::Punct('{')) {
-                    inline.push(braces);
-                }
+            Token::Ident(word)
+                if word == "mod"
+                    && ident(i + 1).is_some()
+                    && tokens.get(i + 2) == Some(&Token::Punct('{')) =>
+            {
+                inline.push(braces);
             }
             Token::Ident(word) if word == root || word == "super" => {
                 // Only the first segment of a path: `a::crate` is not a crate path.
