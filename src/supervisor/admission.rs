@@ -5,12 +5,11 @@
 //! queued request for a stopped model to [`State::admit_with_memory`] when `swapd.memory` is
 //! set; samples from the sampler thread arrive through [`State::on_observed`].
 
-use std::time::Instant;
-
 use super::memory::{self, Decision, Footprint, Resident};
 use super::plan;
 use super::sampler::Target;
-use super::{footprints, AcquireError, Phase, Reply, State, StopReason, Waiter};
+use super::state::{State, StopReason, Waiter};
+use super::{footprints, AcquireError, Phase, Reply};
 
 impl State {
     /// Creates, updates or drops the memory state after the config changed.
@@ -96,9 +95,8 @@ impl State {
             }
             Decision::Wait { for_memory } => {
                 if for_memory {
-                    self.queue[index]
-                        .memory_wait
-                        .get_or_insert_with(Instant::now);
+                    let now = self.effects.now();
+                    self.queue[index].memory_wait.get_or_insert(now);
                 }
                 *blocked = true;
                 false
@@ -110,16 +108,15 @@ impl State {
                         .note(&model, router_plan, &self.config, &self.metrics);
                 }
                 if let (Some(since), Some(state)) = (pending.memory_wait, &mut self.memory) {
-                    state.record_wait(since.elapsed());
+                    state.record_wait(self.effects.now().saturating_duration_since(since));
                 }
                 self.start_for(pending.id, &model, pending.reply, pending.hold);
                 true
             }
             Decision::Start { swap, memory } => {
                 if !memory.is_empty() {
-                    self.queue[index]
-                        .memory_wait
-                        .get_or_insert_with(Instant::now);
+                    let now = self.effects.now();
+                    self.queue[index].memory_wait.get_or_insert(now);
                 }
                 let all: Vec<String> = swap.iter().chain(memory.iter()).cloned().collect();
                 if self.close_all_if_idle(&all) {
