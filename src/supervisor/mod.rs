@@ -35,6 +35,8 @@ mod state;
 #[cfg(test)]
 mod state_tests;
 #[cfg(test)]
+mod table_harness;
+#[cfg(test)]
 mod table_tests;
 
 pub use handle::{Lease, Supervisor, Ticket};
