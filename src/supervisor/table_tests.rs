@@ -659,6 +659,25 @@ const STALE_AND_LIMITS: &[Row] = &[
             (Phases, &["phases a:ready[2]"]),
         ],
     ),
+    (
+        "requests queued behind a swap count toward the concurrencyLimit",
+        "models:
+  a:
+    cmd: serve a
+    proxy: http://127.0.0.1:9001
+  b:
+    cmd: serve b
+    proxy: http://127.0.0.1:9002
+    concurrencyLimit: 1
+",
+        &[
+            (Ask("r1", "a"), &["spawn a#1: serve a", "probe a#1", "r1 queued"]),
+            (Healthy("a"), &["r1 granted"]),
+            (Ask("r2", "b"), &["r2 queued"]),
+            (Ask("r3", "b"), &["r3 failed TooManyRequests"]),
+            (Done("r1"), &["TERM a#1"]),
+        ],
+    ),
 ];
 
 #[test]
