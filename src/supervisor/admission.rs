@@ -1,5 +1,6 @@
 //! The supervisor's side of memory-aware scheduling: the glue between its state and the pure
-//! decision in [`super::memory`], kept out of `state.rs` and `queue.rs` so the state machine stays readable.
+//! decision in [`super::memory`], kept out of `state.rs` and `queue.rs` so the state machine
+//! stays readable.
 //!
 //! Everything here runs on the supervisor thread, as methods of [`State`]. `pump` hands a
 //! queued request for a stopped model to [`State::admit_with_memory`] when `swapd.memory` is

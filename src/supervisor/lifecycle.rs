@@ -12,6 +12,7 @@ use crossbeam_channel::Sender;
 
 use super::effects::{ProbeTarget, Signal};
 use super::state::{last_lines, ttl_deadline, State, StopReason};
+use super::LOG_TARGET;
 use super::{process, AcquireError, Phase, Reply};
 
 impl State {
@@ -20,11 +21,11 @@ impl State {
         self.next_generation += 1;
         let slot = self.slots.get_mut(model).expect("configured");
         let config = slot.config.clone();
-        log::info!(model = model; "starting {model}: {}", config.cmd_display);
+        log::info!(target: LOG_TARGET, model = model; "starting {model}: {}", config.cmd_display);
         let pid = match self.effects.spawn(model, generation, &config) {
             Ok(pid) => pid,
             Err(error) => {
-                log::error!(model = model; "cannot start {model}: {}: {error}", config.cmd_display);
+                log::error!(target: LOG_TARGET, model = model; "cannot start {model}: {}: {error}", config.cmd_display);
                 self.logs.model(model).write(
                     format!("swapd: cannot start '{}': {error}\n", config.cmd[0]).as_bytes(),
                 );
@@ -77,6 +78,7 @@ impl State {
         let took = now.saturating_duration_since(slot.spawned_at);
         self.metrics.record_start(model, true, took);
         log::info!(
+            target: LOG_TARGET,
             model = model;
             "{model} is ready ({:.0} ms after spawn)",
             took.as_secs_f64() * 1000.0
@@ -109,7 +111,7 @@ impl State {
             return;
         }
         let message = self.start_failure_message(model, &reason);
-        log::error!("{message}");
+        log::error!(target: LOG_TARGET, "{message}");
         self.metrics.record_start(
             model,
             false,
@@ -170,15 +172,15 @@ impl State {
                     model,
                     &format!("process exited during start with {described}"),
                 );
-                log::error!("{message}");
+                log::error!(target: LOG_TARGET, "{message}");
                 self.fail_waiters(model, AcquireError::StartFailed(message));
             }
             Phase::Ready => {
                 self.metrics.record_eviction("crash");
-                log::warn!(model = model; "{model}: upstream process exited unexpectedly with {described}");
+                log::warn!(target: LOG_TARGET, model = model; "{model}: upstream process exited unexpectedly with {described}");
             }
             Phase::Stopping | Phase::Stopped => {
-                log::info!(model = model; "{model} stopped ({described})");
+                log::info!(target: LOG_TARGET, model = model; "{model} stopped ({described})");
             }
         }
         if let Some(buffer) = self.logs.existing_model(model) {
@@ -231,7 +233,7 @@ impl State {
             self.became_stopped(model);
             return;
         };
-        log::info!(model = model; "stopping {model} (pid {pid}, reason {reason:?})");
+        log::info!(target: LOG_TARGET, model = model; "stopping {model} (pid {pid}, reason {reason:?})");
         match reason {
             StopReason::Swap => self.metrics.record_eviction("swap"),
             StopReason::Ttl => self.metrics.record_eviction("ttl"),
@@ -255,7 +257,7 @@ impl State {
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
                     .and_then(|argv| self.effects.run_stop_command(&argv, &config.env));
                 if let Err(error) = result {
-                    log::warn!(model = model; "{model}: cmdStop '{command}' failed ({error}); sending SIGTERM");
+                    log::warn!(target: LOG_TARGET, model = model; "{model}: cmdStop '{command}' failed ({error}); sending SIGTERM");
                     self.effects.signal(pid, Signal::Term);
                 }
             }
@@ -271,6 +273,7 @@ impl State {
             {
                 if now >= kill_at {
                     log::warn!(
+                        target: LOG_TARGET,
                         model = id.as_str();
                         "{id} (pid {pid}) did not stop within its grace period; sending SIGKILL"
                     );
@@ -290,6 +293,7 @@ impl State {
                 continue;
             }
             log::info!(
+                target: LOG_TARGET,
                 model = id.as_str();
                 "{id}: unloading after {:.1}s idle (ttl)",
                 self.slots[&id]

@@ -52,6 +52,10 @@ use crossbeam_channel::Sender;
 
 use crate::config::Config;
 
+/// The target of the state machine's log lines, whichever file they come from: operators filter
+/// and read `swapd::supervisor` (the JSON log format writes it as `target`).
+const LOG_TARGET: &str = "swapd::supervisor";
+
 /// Why a model could not be acquired. Each maps to one HTTP status (see `proxy::routes`
 /// and `ollama::handlers`).
 #[derive(Debug, Clone, PartialEq)]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crossbeam_channel::Sender;
 
 use super::state::{abandon_start, abandon_unused_start, Pending, State, StopReason, Waiter};
+use super::LOG_TARGET;
 use super::{plan, AcquireError, Lease, Phase, Reply};
 
 impl State {
@@ -36,7 +37,7 @@ impl State {
             slot.start_held,
             self.shutting_down,
         ) {
-            log::info!("{model}: every request waiting for its start left; abandoning the start");
+            log::info!(target: LOG_TARGET, "{model}: every request waiting for its start left; abandoning the start");
             let grace = slot.config.unload_timeout;
             self.begin_stop(&model, StopReason::Abandoned, grace);
         }
@@ -61,6 +62,7 @@ impl State {
         ) && slot.gate.close_if_idle()
         {
             log::info!(
+                target: LOG_TARGET,
                 "{model}: the requests it was started for left as it became ready; stopping it"
             );
             let grace = slot.config.unload_timeout;
@@ -192,7 +194,7 @@ impl State {
                                 .note(&model, &swap_plan, &self.config, &self.metrics);
                             self.metrics.record_swap();
                             for id in &evict {
-                                log::info!(model = model; "swapping: stopping {id} to load {model}");
+                                log::info!(target: LOG_TARGET, model = model; "swapping: stopping {id} to load {model}");
                                 // Every stop uses unloadTimeout (llama-swap waits
                                 // healthCheckTimeout here, so a swap away from a server that
                                 // ignores SIGTERM made the request wait minutes).

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use super::state::{Pending, Slot, State, StopReason};
+use super::LOG_TARGET;
 use super::{AcquireError, Phase, ReloadSummary, Reply};
 use crate::config::{Config, ModelConfig};
 
@@ -15,7 +16,7 @@ impl State {
             return;
         };
         if let Some(config) = slot.pending_config.take() {
-            log::info!(model = model; "{model}: new settings from the reload take effect");
+            log::info!(target: LOG_TARGET, model = model; "{model}: new settings from the reload take effect");
             slot.config = config;
             self.publish_gates();
         }
@@ -34,7 +35,7 @@ impl State {
                     .reply
                     .send(Reply::Failed(AcquireError::UnknownModel(pending.model)));
             }
-            log::info!(model = model; "{model}: removed by the reload");
+            log::info!(target: LOG_TARGET, model = model; "{model}: removed by the reload");
         }
     }
 
@@ -122,6 +123,7 @@ impl State {
         }
         self.publish_gates();
         log::info!(
+            target: LOG_TARGET,
             "reload: added {:?}, removed {:?}, restarting {:?}, updated in place {:?}",
             summary.added,
             summary.removed,

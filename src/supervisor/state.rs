@@ -16,6 +16,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::effects::Effects;
 use super::handle::{GateEntry, Gates};
+use super::LOG_TARGET;
 use super::{footprints, gate, plan};
 use super::{AcquireError, Command, IdleOverride, ModelStatus, Phase, Reply};
 use crate::config::{Config, ModelConfig};
@@ -347,7 +348,7 @@ impl State {
             }
             Command::Shutdown { done } => {
                 if !self.shutting_down {
-                    log::info!("supervisor: shutting down, stopping every model");
+                    log::info!(target: LOG_TARGET, "supervisor: shutting down, stopping every model");
                 }
                 self.shutting_down = true;
                 self.shutdown_done.push(done);
