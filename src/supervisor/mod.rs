@@ -13,6 +13,10 @@
 //! `lifecycle.rs` (start, health, exit, stop, timers, unload) and `reconfigure.rs` (reload);
 //! `effects.rs` the trait through which the state spawns, signals and reads the clock.
 
+// Within the supervisor, only the files that call libc directly may use `unsafe` (process
+// groups and reaping, page size, and a test's liveness check); each use has a SAFETY comment.
+#![deny(unsafe_code)]
+
 mod admission;
 mod effects;
 pub mod footprints;
@@ -24,11 +28,14 @@ pub use crate::config::matrix_solver as matrix;
 pub mod memory;
 pub mod plan;
 mod preload;
+#[allow(unsafe_code)]
 pub mod process;
 mod queue;
 mod reconfigure;
 mod reload_request;
+#[allow(unsafe_code)]
 pub mod sampler;
+#[allow(unsafe_code)]
 #[cfg(test)]
 mod stale_tests;
 mod state;
