@@ -11,7 +11,8 @@
 //! phases, commands); `handle.rs` the handle API (`Supervisor`, `Lease`, `Ticket`); `state.rs`
 //! the state and its loop, with the transitions in `queue.rs` (admission, collation, swaps),
 //! `lifecycle.rs` (start, health, exit, stop, timers, unload) and `reconfigure.rs` (reload);
-//! `effects.rs` the trait through which the state spawns, signals and reads the clock.
+//! `effects.rs` the trait through which the state spawns, signals and reads the clock;
+//! `preload.rs` and `reload_request.rs` what the daemon and the reload path ask of it.
 
 // Within the supervisor, only the files that call libc directly may use `unsafe` (process
 // groups and reaping, page size, and a test's liveness check); each use has a SAFETY comment.
