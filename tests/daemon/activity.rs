@@ -50,7 +50,7 @@ fn daemon_with_traffic() -> Daemon {
         post_json(&daemon.url("/v1/chat/completions"), &chat("b")).status,
         200
     );
-    wait_for("four activity rows", Duration::from_secs(10), || {
+    wait_for("four activity rows", Duration::from_secs(30), || {
         (activity(&daemon, "")["total"] == 4).then_some(())
     });
     daemon
@@ -232,10 +232,10 @@ fn activity_is_bounded_by_metrics_max_in_memory() {
     assert_eq!(ids(&page), [5, 4]);
 }
 
-/// Reads from an `/api/events` stream until `done` holds for what arrived (or 15 s pass).
+/// Reads from an `/api/events` stream until `done` holds for what arrived (or 30 s pass).
 fn read_events_until(stream: &mut TcpStream, seen: &mut String, done: impl Fn(&str) -> bool) {
     let mut buffer = [0u8; 16384];
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !done(seen) {
         assert!(
             Instant::now() < deadline,
@@ -322,7 +322,6 @@ fn inflight_events_and_cancel_cut_a_slow_stream() {
         post_json(&daemon.url("/api/inflight/x/cancel"), &json!({})).status,
         404
     );
-    let cancelled_at = Instant::now();
     let reply = post_json(
         &daemon.url(&format!("/api/inflight/{id}/cancel")),
         &json!({}),
@@ -330,14 +329,11 @@ fn inflight_events_and_cancel_cut_a_slow_stream() {
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.json(), json!({"msg": "ok"}));
 
-    // The client's stream ends with an error event and a closed connection, long before
-    // the 30 s the upstream would have taken.
-    let mut received = Vec::new();
-    let _ = client.read_to_end(&mut received);
-    let received = String::from_utf8_lossy(&received);
+    // The client's stream ends with an error event and a closed connection, without the
+    // upstream's end (which would have taken 30 s).
+    let received = read_to_close(&mut client);
     assert!(received.contains("cancelled by an operator"), "{received}");
-    assert!(cancelled_at.elapsed() < Duration::from_secs(20));
-    assert!(!received.contains("[DONE]"));
+    assert!(!received.contains("[DONE]"), "{received}");
 
     read_events_until(&mut events, &mut seen, |s| {
         events_of(s, "inflight")
@@ -366,6 +362,32 @@ fn inflight_events_and_cancel_cut_a_slow_stream() {
     );
 }
 
+/// Reads until swapd closes the connection (EOF or reset); a read timing out (the socket's
+/// timeout) means the connection was left open, and fails.
+fn read_to_close(client: &mut TcpStream) -> String {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 16384];
+    loop {
+        match client.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!(
+                    "the connection was not closed: {}",
+                    String::from_utf8_lossy(&received)
+                )
+            }
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&received).into_owned()
+}
+
 #[test]
 fn cancel_while_waiting_for_a_model_start() {
     // The model reports "loading" for a minute: the request waits for it.
@@ -376,7 +398,7 @@ fn cancel_while_waiting_for_a_model_start() {
     let daemon = Daemon::start(&config);
     let url = daemon.url("/v1/chat/completions");
     let waiting = std::thread::spawn(move || post_json(&url, &chat("a")));
-    let id = wait_for("the waiting request", Duration::from_secs(10), || {
+    let id = wait_for("the waiting request", Duration::from_secs(30), || {
         only_inflight_id(&daemon)
     });
     let reply = post_json(
@@ -466,7 +488,7 @@ fn ui_files_types_etag_gzip_and_redirects() {
     let raw = raw_exchange(
         &daemon.addr,
         b"GET /ui/app.js HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip, br\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
     );
     assert!(raw.contains("Content-Encoding: gzip"), "{raw}");
     let length: usize = raw
@@ -485,20 +507,20 @@ fn ui_files_types_etag_gzip_and_redirects() {
     let ui = raw_exchange(
         &daemon.addr,
         b"GET /ui HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
     );
     assert!(ui.contains("Location: ui/\r\n"), "{ui}");
     let browser = raw_exchange(
         &daemon.addr,
         b"GET / HTTP/1.1\r\nHost: x\r\nAccept: text/html,*/*\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
     );
     assert!(browser.starts_with("HTTP/1.1 302"), "{browser}");
     assert!(browser.contains("Location: ui/\r\n"), "{browser}");
     let api = raw_exchange(
         &daemon.addr,
         b"GET / HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\nAuthorization: Bearer k1\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
     );
     assert!(api.contains("Location: /v1/models"), "{api}");
 
@@ -562,7 +584,7 @@ fn cancel_while_the_upstream_has_not_answered() {
     let mut hang = chat("a");
     hang["hang"] = json!(true);
     let waiting = std::thread::spawn(move || post_json(&url, &hang));
-    let id = wait_for("the hanging request", Duration::from_secs(10), || {
+    let id = wait_for("the hanging request", Duration::from_secs(30), || {
         only_inflight_id(&daemon)
     });
     let reply = post_json(
@@ -622,7 +644,7 @@ fn ollama_requests_are_in_flight_and_can_be_cancelled() {
         .expect("timeout");
     let id = wait_for(
         "the Ollama request in flight",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || only_inflight_id(&daemon),
     );
     let reply = post_json(
@@ -630,12 +652,10 @@ fn ollama_requests_are_in_flight_and_can_be_cancelled() {
         &json!({}),
     );
     assert_eq!(reply.status, 200, "{}", reply.body);
-    let mut received = Vec::new();
-    let _ = client.read_to_end(&mut received);
-    let received = String::from_utf8_lossy(&received);
+    let received = read_to_close(&mut client);
     assert!(received.contains("cancelled by an operator"), "{received}");
     assert!(!received.contains("\"done\":true"), "{received}");
-    wait_for("the in-flight entry to go", Duration::from_secs(10), || {
+    wait_for("the in-flight entry to go", Duration::from_secs(30), || {
         only_inflight_id(&daemon).is_none().then_some(())
     });
     let row = &activity(&daemon, "")["data"][0];
@@ -675,14 +695,16 @@ fn peer_requests_get_activity_rows() {
     config.push_str(&format!(
         "peers:\n  p:\n    proxy: http://127.0.0.1:{port}\n    models: [m]\n"
     ));
-    let daemon = Daemon::start(&config);
-    let reply = wait_for("the peer to answer", Duration::from_secs(10), || {
-        let reply = post_json(&daemon.url("/v1/chat/completions"), &chat("p/m"));
-        (reply.status == 200).then_some(reply)
+    // The peer host is up once it accepts connections; then one request, which must succeed.
+    wait_for("the peer host to listen", Duration::from_secs(30), || {
+        TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
     });
+    let daemon = Daemon::start(&config);
+    let reply = post_json(&daemon.url("/v1/chat/completions"), &chat("p/m"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
     assert!(reply.body.contains("hello from m"), "{}", reply.body);
     let page = activity(&daemon, "?model=p/m");
-    assert!(page["total"].as_u64() >= Some(1), "{page}");
+    assert_eq!(page["total"], 1, "{page}");
     let row = &page["data"][0];
     assert_eq!(row["resp_status_code"], 200);
     assert_eq!(row["tokens"]["output_tokens"], 10);

@@ -220,7 +220,7 @@ impl Daemon {
                 }
             });
         }
-        let addr = match rx.recv_timeout(Duration::from_secs(10)) {
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(addr) => addr,
             Err(_) => {
                 let _ = child.kill();

@@ -45,7 +45,7 @@ fn model_stream_shows_child_output_live() {
         &mut by_alias,
         &mut seen_alias,
         "\r\n\r\n",
-        Duration::from_secs(5)
+        Duration::from_secs(30)
     ));
     assert!(seen_alias.contains("200 OK"), "{seen_alias}");
     assert!(seen_alias
@@ -68,7 +68,7 @@ fn model_stream_shows_child_output_live() {
             &mut by_alias,
             &mut seen_alias,
             "fake-upstream",
-            Duration::from_secs(5)
+            Duration::from_secs(30)
         ),
         "{seen_alias}"
     );
@@ -77,7 +77,7 @@ fn model_stream_shows_child_output_live() {
             &mut by_id,
             &mut seen_id,
             "/v1/chat/completions",
-            Duration::from_secs(5)
+            Duration::from_secs(30)
         ),
         "{seen_id}"
     );
@@ -115,7 +115,7 @@ fn history_and_live_on_every_log_endpoint() {
             "fake-upstream"
         };
         assert!(
-            read_until(&mut stream, &mut seen, needle, Duration::from_secs(5)),
+            read_until(&mut stream, &mut seen, needle, Duration::from_secs(30)),
             "{path}: {seen}"
         );
     }
@@ -158,11 +158,11 @@ fn log_streams_end_when_swapd_shuts_down() {
         &mut stream,
         &mut seen,
         "\r\n\r\n",
-        Duration::from_secs(5)
+        Duration::from_secs(30)
     ));
     assert_eq!(daemon.terminate(), Some(0));
     assert!(
-        read_until(&mut stream, &mut seen, "0\r\n\r\n", Duration::from_secs(5)),
+        read_until(&mut stream, &mut seen, "0\r\n\r\n", Duration::from_secs(30)),
         "the stream ended cleanly: {seen:?}"
     );
 }

@@ -163,21 +163,38 @@ fn a_busy_model_is_never_evicted_and_the_newcomer_waits_until_it_drains() {
     chat_ok(&daemon, "a");
     chat_ok(&daemon, "b");
     daemon.wait_running(&["a", "b"]);
-    // a (the least recently used) streams slowly: 30 chunks 100 ms apart.
+    // a (the least recently used) is busy with a stream whose upstream holds its last event
+    // until the gate file exists: in flight for as long as the test needs, whatever the load.
+    let gate = dir.path().join("gate");
     let mut slow = open_stream(
         &daemon.addr,
         "/v1/chat/completions",
-        &json!({"model": "a", "stream": true, "stream_chunks": 30, "stream_interval_ms": 100}),
+        &json!({"model": "a", "stream": true, "stream_chunks": 2,
+                "gate_file": gate.to_str().expect("utf-8")}),
     );
-    let mut first = [0u8; 64];
-    let _ = slow.read(&mut first).expect("the stream started");
+    let mut started = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&started).contains("tok1") {
+        let read = slow.read(&mut buffer).expect("read a's stream");
+        assert!(
+            read > 0,
+            "a's stream ended: {}",
+            String::from_utf8_lossy(&started)
+        );
+        started.extend_from_slice(&buffer[..read]);
+    }
+    assert!(
+        started.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&started)
+    );
     let addr = daemon.addr.clone();
     let newcomer = std::thread::spawn(move || {
         post_json(&format!("http://{addr}/v1/chat/completions"), &chat("c"))
     });
     // c (70 MiB) cannot fit next to the busy a (40 MiB) even with b gone: it waits, and b is
     // not evicted for nothing.
-    wait_for("c to be queued", Duration::from_secs(10), || {
+    wait_for("c to be queued", Duration::from_secs(30), || {
         let running = daemon.running();
         entry(&running, "c").is_none().then_some(())?;
         // Queued requests are visible in the metrics gauge.
@@ -198,6 +215,7 @@ fn a_busy_model_is_never_evicted_and_the_newcomer_waits_until_it_drains() {
         entry(&daemon.running(), "c").is_none(),
         "c is still waiting for a to drain"
     );
+    std::fs::write(&gate, b"open").expect("open the gate");
     let body = read_stream(&mut slow);
     assert!(body.contains("[DONE]"), "a's stream was cut: {body}");
     let reply = newcomer.join().expect("the newcomer thread");

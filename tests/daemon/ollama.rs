@@ -413,11 +413,12 @@ fn chat_without_streaming_maps_options_format_images_and_thinking() {
     );
 
     // `format: "json"` is JSON mode.
-    post_json(
+    let json_mode = post_json(
         &daemon.url("/api/chat"),
         &json!({"model": "a", "stream": false, "format": "json",
                 "messages": [{"role": "user", "content": "x"}]}),
     );
+    assert_eq!(json_mode.status, 200, "{}", json_mode.body);
     assert_eq!(
         last_upstream_request(&daemon, "a")["body"]["response_format"],
         json!({"type": "json_object"})
@@ -565,10 +566,11 @@ fn generate_chat_raw_and_fill_in_middle_reach_the_right_endpoint() {
     );
 
     // Fill-in-middle on an upstream that is not llama-server: OpenAI completions with suffix.
-    post_json(
+    let fim = post_json(
         &daemon.url("/api/generate"),
         &json!({"model": "a", "prompt": "def f(", "suffix": "    return x", "stream": false}),
     );
+    assert_eq!(fim.status, 200, "{}", fim.body);
     let sent = last_upstream_request(&daemon, "a");
     assert_eq!(sent["path"], "/v1/completions");
     assert_eq!(sent["body"]["suffix"], "    return x");
@@ -637,6 +639,7 @@ fn tool_calls_go_both_ways() {
         &json!({"model": "a", "tools": tools,
                 "messages": [{"role": "user", "content": "Oslo"}]}),
     );
+    assert_eq!(streamed.status, 200, "{}", streamed.body);
     let lines = ndjson(&streamed.body);
     let with_calls: Vec<&Value> = lines
         .iter()
@@ -681,11 +684,13 @@ fn embeddings_current_and_legacy() {
         &daemon.url("/api/embed"),
         &json!({"model": "e", "input": "xy"}),
     );
+    assert_eq!(single.status, 200, "{}", single.body);
     assert_eq!(single.json()["embeddings"].as_array().unwrap().len(), 1);
     let legacy = post_json(
         &daemon.url("/api/embeddings"),
         &json!({"model": "e", "prompt": "hello"}),
     );
+    assert_eq!(legacy.status, 200, "{}", legacy.body);
     assert_eq!(legacy.json(), json!({"embedding": [5.0, 0.0, 1.0]}));
     let bad = post_json(
         &daemon.url("/api/embed"),
@@ -872,10 +877,11 @@ fn keep_alive_loads_unloads_and_sets_the_idle_time() {
     );
 
     // keep_alive sets the idle time /api/ps reports.
-    post_json(
+    let one_hour = post_json(
         &daemon.url("/api/chat"),
         &json!({"model": "a", "messages": [], "keep_alive": "1h"}),
     );
+    assert_eq!(one_hour.status, 200, "{}", one_hour.body);
     let expires = parse_time(
         get_json(&daemon.url("/api/ps"))["models"][0]["expires_at"]
             .as_str()
@@ -892,6 +898,7 @@ fn keep_alive_loads_unloads_and_sets_the_idle_time() {
         &daemon.url("/api/generate"),
         &json!({"model": "a", "keep_alive": 0}),
     );
+    assert_eq!(unload.status, 200, "{}", unload.body);
     assert_eq!(unload.json()["done_reason"], "unload");
     assert!(
         daemon.running_states().is_empty(),
@@ -916,10 +923,11 @@ fn keep_alive_loads_unloads_and_sets_the_idle_time() {
                 "messages": [{"role": "user", "content": "hi"}]}),
     );
     assert_eq!(served.json()["message"]["content"], "hello from a");
-    post_json(
+    let stay = post_json(
         &daemon.url("/api/embed"),
         &json!({"model": "b", "input": "stay"}),
     );
+    assert_eq!(stay.status, 200, "{}", stay.body);
     wait_for(
         "a to unload after its keep_alive",
         Duration::from_secs(20),
@@ -940,10 +948,11 @@ fn keep_alive_loads_unloads_and_sets_the_idle_time() {
 
     // -1 keeps it for good; the override ends with the process, so the next load is back to
     // the config's ttl (none here, also "never").
-    post_json(
+    let forever_load = post_json(
         &daemon.url("/api/generate"),
         &json!({"model": "a", "keep_alive": -1}),
     );
+    assert_eq!(forever_load.status, 200, "{}", forever_load.body);
     let forever = parse_time(
         get_json(&daemon.url("/api/ps"))["models"][0]["expires_at"]
             .as_str()
@@ -972,16 +981,14 @@ fn keep_alive_override_ends_when_the_model_stops() {
         );
         at.duration_since(SystemTime::now()).unwrap_or_default()
     };
-    post_json(
-        &daemon.url("/api/generate"),
-        &json!({"model": "a", "keep_alive": "1h30m"}),
-    );
+    let generate = |body: Value| {
+        let reply = post_json(&daemon.url("/api/generate"), &body);
+        assert_eq!(reply.status, 200, "{body}: {}", reply.body);
+    };
+    generate(json!({"model": "a", "keep_alive": "1h30m"}));
     assert!(expires_in() > Duration::from_secs(3700), "override applies");
-    post_json(
-        &daemon.url("/api/generate"),
-        &json!({"model": "a", "keep_alive": 0}),
-    );
-    post_json(&daemon.url("/api/generate"), &json!({"model": "a"}));
+    generate(json!({"model": "a", "keep_alive": 0}));
+    generate(json!({"model": "a"}));
     let left = expires_in();
     assert!(
         left <= Duration::from_secs(3600) && left > Duration::from_secs(3000),

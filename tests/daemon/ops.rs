@@ -237,9 +237,12 @@ fn watchdog_pings_keep_coming_at_half_the_timeout() {
     drop(daemon);
 
     // A watchdog meant for another process (WATCHDOG_PID) is not pinged; READY=1 still is.
+    // The model's 1 s ttl gives the proof that the window was long enough: its unload comes
+    // from the same supervisor loop that would send the pings (every 200 ms), at least a second
+    // after the load, and the status line announcing it arrives after any ping sent before it.
     let other = NotifySocket::path();
     let daemon = Daemon::start_with_env(
-        &config,
+        &simple_config(&["a"], "    ttl: 1\n", ""),
         &[],
         &[
             ("NOTIFY_SOCKET", &other.address),
@@ -248,13 +251,15 @@ fn watchdog_pings_keep_coming_at_half_the_timeout() {
         ],
     );
     other.wait("READY=1", 0, |m| field(m, "READY") == Some("1"));
-    // Serving a request runs the supervisor loop, which is where pings would come from.
     assert_eq!(
         post_json(&daemon.url("/v1/chat/completions"), &chat("a")).status,
         200
     );
-    other.wait("the status after a load", 0, |m| {
+    let loaded = other.wait("the status after a load", 0, |m| {
         field(m, "STATUS") == Some("serving 1 model, 1 loaded")
+    });
+    other.wait("the status after the ttl unload", loaded + 1, |m| {
+        field(m, "STATUS") == Some("serving 1 model, 0 loaded")
     });
     assert_eq!(pings(&other.all()), 0, "{:?}", other.all());
 }

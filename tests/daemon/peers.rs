@@ -40,7 +40,7 @@ impl FakePeer {
                 }
             }
         });
-        let port = match rx.recv_timeout(Duration::from_secs(10)) {
+        let port = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(port) => port,
             Err(_) => {
                 let _ = child.kill();
@@ -268,7 +268,7 @@ fn api_key_replaces_credentials_and_the_hop_is_recorded() {
 
     // Without apiKey the client's own credentials pass through.
     let body = chat("o").to_string();
-    post_with_headers(
+    let reply = post_with_headers(
         &front.url("/v1/chat/completions"),
         &[
             ("Content-Type", "application/json"),
@@ -276,6 +276,7 @@ fn api_key_replaces_credentials_and_the_hop_is_recorded() {
         ],
         body.as_bytes(),
     );
+    assert_eq!(reply.status, 200, "{}", reply.body);
     let seen = open.last_post();
     assert_eq!(seen["headers"]["authorization"], "Bearer client-token");
     assert_eq!(seen["headers"]["x-forwarded-for"], "127.0.0.1");
@@ -314,7 +315,8 @@ fn peer_filters_apply_and_use_model_name_does_not_exist_for_peers() {
     // The bare name does not match the FQN's setParamsByID entry.
     let mut request = chat("m");
     request["top_k"] = json!(40);
-    post_json(&front.url("/v1/chat/completions"), &request);
+    let reply = post_json(&front.url("/v1/chat/completions"), &request);
+    assert_eq!(reply.status, 200, "{}", reply.body);
     let body = &peer.last_post()["body"];
     assert!(body.get("top_k").is_none());
     assert!(body.get("max_tokens").is_none(), "{body}");
@@ -555,7 +557,7 @@ fn reachability_is_reported_in_running_metrics_models_and_events() {
     // /api/events: the first modelStatus frame lists the peer models with their reachability.
     let mut stream = TcpStream::connect(&front.addr).expect("connect");
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
     write!(
         stream,
@@ -591,7 +593,7 @@ fn shutdown_waits_for_an_in_flight_peer_stream() {
     // swapd is now draining; the stream still finishes once the peer sends the rest.
     wait_for(
         "swapd refuses new requests",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || {
             let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 post_json(&front.url("/v1/chat/completions"), &chat("p/s"))
@@ -629,13 +631,26 @@ fn shutdown_cuts_a_peer_stream_that_outlives_the_shutdown_timeout() {
     );
     read_until(&mut stream, "tok1");
     kill(front.pid(), libc::SIGTERM);
-    // The rest of the stream: it must end (EOF or reset) without the peer's last event.
+    // The rest of the stream: swapd must end it (EOF or reset) without the peer's last event;
+    // a read that times out (the socket's 30 s) means it was left open.
     let mut rest = Vec::new();
     let mut buffer = [0u8; 4096];
     loop {
         match stream.read(&mut buffer) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
             Ok(read) => rest.extend_from_slice(&buffer[..read]),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!(
+                    "swapd left the stream open after its shutdown timeout: {}",
+                    String::from_utf8_lossy(&rest)
+                )
+            }
+            Err(_) => break,
         }
     }
     let rest = String::from_utf8_lossy(&rest);

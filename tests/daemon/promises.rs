@@ -129,12 +129,14 @@ fn sigterm_lets_a_stream_in_flight_finish_and_refuses_new_requests() {
         .expect("write");
     let mut seen = Vec::new();
     read_until(&mut kept, &mut seen, "\r\n\r\nOK");
-    // A long stream: 60 events 250 ms apart, so it is still in flight after the steps below
-    // even on a loaded machine (if it were not, the 503 below could not arrive).
+    // A stream whose upstream holds its last event until the gate file exists: in flight
+    // through the steps below, however loaded the machine.
+    let gate = daemon.dir.path().join("gate");
     let mut stream = open_stream(
         &daemon.addr,
         "/v1/chat/completions",
-        &json!({"model": "a", "stream": true, "stream_chunks": 60, "stream_interval_ms": 250}),
+        &json!({"model": "a", "stream": true, "stream_chunks": 60, "stream_interval_ms": 1,
+                "gate_file": gate.to_str().expect("utf-8")}),
     );
     let mut streamed = Vec::new();
     read_until(&mut stream, &mut streamed, "tok1");
@@ -175,6 +177,7 @@ fn sigterm_lets_a_stream_in_flight_finish_and_refuses_new_requests() {
         "swapd exited with a stream in flight"
     );
     // The stream finishes whole, then swapd exits 0.
+    std::fs::write(&gate, b"open").expect("open the gate");
     let rest = read_all(&mut stream, Duration::from_secs(120));
     let all = String::from_utf8_lossy(&streamed).into_owned() + &rest;
     assert!(all.contains("tok59"), "the stream was cut: {all}");
@@ -203,14 +206,16 @@ fn get_log_line(daemon: &Daemon, needle: &str) -> Option<()> {
 fn requests_over_max_connections_get_503_with_the_error_envelope() {
     let daemon = Daemon::start(&simple_config(&["a"], "", "swapd:\n  maxConnections: 2\n"));
     chat_pid(&daemon, "a");
-    // Two streams in flight hold both places (10 s long, so they are still in flight when
-    // the third request comes, even on a loaded machine).
+    // Two streams in flight hold both places (their upstream holds the last event until the
+    // gate file exists, so they are in flight when the third request comes, whatever the load).
+    let gate = daemon.dir.path().join("gate");
     let mut streams: Vec<(TcpStream, Vec<u8>)> = (0..2)
         .map(|_| {
             let mut stream = open_stream(
                 &daemon.addr,
                 "/v1/chat/completions",
-                &json!({"model": "a", "stream": true, "stream_chunks": 40, "stream_interval_ms": 250}),
+                &json!({"model": "a", "stream": true, "stream_chunks": 2,
+                        "gate_file": gate.to_str().expect("utf-8")}),
             );
             let mut seen = Vec::new();
             read_until(&mut stream, &mut seen, "tok0");
@@ -234,6 +239,7 @@ fn requests_over_max_connections_get_503_with_the_error_envelope() {
         .to_string();
     assert!(message.contains("limit of 2"), "{message}");
     // Both streams go on to their end.
+    std::fs::write(&gate, b"open").expect("open the gate");
     for (stream, _) in streams.iter_mut() {
         let rest = read_all(stream, Duration::from_secs(60));
         assert!(
@@ -242,10 +248,15 @@ fn requests_over_max_connections_get_503_with_the_error_envelope() {
         );
     }
     drop(streams);
-    // Once the streams are done, requests are served again.
+    // The streams' handlers return an instant after their last byte; until then a request
+    // may still find both places taken. Waited for with a request that changes nothing
+    // (`/health` would not do: it is answered before the limit is checked); then a chat
+    // request is served.
     wait_for("a place to free up", Duration::from_secs(60), || {
-        (post_json(&daemon.url("/v1/chat/completions"), &chat("a")).status == 200).then_some(())
+        (get(&daemon.url("/v1/models")).status == 200).then_some(())
     });
+    let reply = post_json(&daemon.url("/v1/chat/completions"), &chat("a"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -411,33 +422,50 @@ fn reload_applies_concurrency_limits_live() {
     let port = free_port_range(2);
     let daemon = Daemon::start(&two_models(port, "", ""));
     let pid = chat_pid(&daemon, "a");
-    // 10 s long: still in flight when the request beside it comes, even on a loaded machine.
-    let long_stream = || {
+    // A stream held open until its gate file exists: in flight when the request beside it
+    // comes, whatever the load.
+    let long_stream = |gate: &std::path::Path| {
         let mut stream = open_stream(
             &daemon.addr,
             "/v1/chat/completions",
-            &json!({"model": "a", "stream": true, "stream_chunks": 40, "stream_interval_ms": 250}),
+            &json!({"model": "a", "stream": true, "stream_chunks": 2,
+                    "gate_file": gate.to_str().expect("utf-8")}),
         );
         let mut seen = Vec::new();
         read_until(&mut stream, &mut seen, "tok0");
         stream
     };
-    let mut first = long_stream();
+    let (gate_one, gate_two) = (
+        daemon.dir.path().join("gate-one"),
+        daemon.dir.path().join("gate-two"),
+    );
+    let mut first = long_stream(&gate_one);
     let beside = post_json(&daemon.url("/v1/chat/completions"), &chat("a"));
     assert_eq!(beside.status, 200, "no limit yet: {}", beside.body);
+    std::fs::write(&gate_one, b"open").expect("open the gate");
     assert!(read_all(&mut first, Duration::from_secs(60)).contains("[DONE]"));
     replace_config(&daemon, &two_models(port, "    concurrencyLimit: 1\n", ""));
     let summary = reload(&daemon);
     assert_eq!(summary["restarting"], json!([]), "{summary}");
-    let mut second = long_stream();
+    let mut second = long_stream(&gate_two);
     let beside = post_json(&daemon.url("/v1/chat/completions"), &chat("a"));
     assert_eq!(
         beside.status, 429,
         "the new limit is not applied: {}",
         beside.body
     );
+    std::fs::write(&gate_two, b"open").expect("open the gate");
     assert!(read_all(&mut second, Duration::from_secs(60)).contains("[DONE]"));
     assert_eq!(chat_pid(&daemon, "a"), pid, "the process was restarted");
+}
+
+/// Whether `/v1/models` lists `id`.
+fn listed(daemon: &Daemon, id: &str) -> bool {
+    get_json(&daemon.url("/v1/models"))["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .any(|record| record["id"] == id)
 }
 
 /// `--watch-config` follows an editor's save (a new file renamed over the old one) and a
@@ -471,9 +499,13 @@ fn watched_config_follows_an_editor_rename_and_a_symlink_swap() {
     // An editor's save: write elsewhere, rename over.
     replace_config(&daemon, &base(&model("b", 1)));
     wait_for(
-        "b added by the renamed file",
+        "b listed after the renamed file",
         Duration::from_secs(60),
-        || (post_json(&daemon.url("/v1/chat/completions"), &chat("b")).status == 200).then_some(()),
+        || listed(&daemon, "b").then_some(()),
+    );
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("b")).status,
+        200
     );
     // The config becomes a symlink to one file, then is pointed at another.
     let first = daemon.dir.path().join("first.yaml");
@@ -487,9 +519,13 @@ fn watched_config_follows_an_editor_rename_and_a_symlink_swap() {
     std::os::unix::fs::symlink(&second, &link).expect("symlink");
     std::fs::rename(&link, &config).expect("swap the symlink");
     wait_for(
-        "c added by the symlink swap",
+        "c listed after the symlink swap",
         Duration::from_secs(60),
-        || (post_json(&daemon.url("/v1/chat/completions"), &chat("c")).status == 200).then_some(()),
+        || listed(&daemon, "c").then_some(()),
+    );
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("c")).status,
+        200
     );
     assert!(
         get(&daemon.url("/logs"))

@@ -298,7 +298,7 @@ fn sighup_and_watched_file_bursts_reload_once_to_the_final_state() {
         &config(port, "--stream-chunks 10", true, true, "dee", 0),
     );
     kill(daemon.pid(), libc::SIGHUP);
-    wait_for("c added by SIGHUP", Duration::from_secs(5), || {
+    wait_for("c added by SIGHUP", Duration::from_secs(30), || {
         (post_json(&daemon.url("/v1/chat/completions"), &chat("c")).status == 200).then_some(())
     });
 }

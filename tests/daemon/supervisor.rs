@@ -314,7 +314,7 @@ fn ttl_unloads_an_idle_model() {
     wait_for("ttl unload", Duration::from_secs(10), || {
         daemon.running_states().is_empty().then_some(())
     });
-    wait_for("process gone", Duration::from_secs(5), || {
+    wait_for("process gone", Duration::from_secs(30), || {
         (!pid_alive(pid)).then_some(())
     });
 }
@@ -526,7 +526,7 @@ fn sigkill_of_swapd_takes_the_children_down() {
     let _ = daemon.child.wait();
     wait_for(
         "child gone after SIGKILL of swapd",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         || (!pid_alive(pid)).then_some(()),
     );
 }
