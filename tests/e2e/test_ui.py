@@ -140,7 +140,7 @@ class TestUI(unittest.TestCase):
                 return True
             except StaleElementReferenceException:
                 return False
-        self.wait(f"a click on {selector}", attempt, timeout=5.0)
+        self.wait(f"a click on {selector}", attempt)
 
     def js(self, script: str, *args):
         return self.driver.execute_script(script, *args)
@@ -326,11 +326,14 @@ models:
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
-@unittest.skipUnless(os.access(NGINX, os.X_OK), "nginx is not installed")
 class TestUIBehindPathPrefix(unittest.TestCase):
     """Behind nginx at /swapd/ the UI finds its files and its API through relative URLs."""
 
     def setUp(self):
+        if not os.access(NGINX, os.X_OK):
+            if os.environ.get("SWAPD_REQUIRE_NGINX"):
+                self.fail("nginx is not installed but SWAPD_REQUIRE_NGINX is set")
+            self.skipTest("nginx is not installed (apt-get install nginx)")
         self.swapd = Swapd()
         with open(self.swapd.config, "w") as f:
             f.write(f"""\
@@ -373,7 +376,7 @@ http {{
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.addCleanup(self.stop_nginx)
         base = f"http://127.0.0.1:{self.nginx_port}/swapd/"
-        if not wait_until(lambda: self.reachable(base + "health"), 10.0, interval=0.1):
+        if not wait_until(lambda: self.reachable(base + "health"), 30.0, interval=0.1):
             self.fail("nginx did not come up")
         self.driver = make_driver()
         self.addCleanup(shutil.rmtree, self.driver.profile_dir, True)
@@ -428,7 +431,9 @@ def main() -> int:
                                 loader.loadTestsFromTestCase(TestUIBehindPathPrefix)])
     result = unittest.TextTestRunner(verbosity=2, stream=sys.stdout, failfast=True).run(suite)
     failed = len(result.failures) + len(result.errors)
-    print(f"ui e2e: {result.testsRun - failed} passed, {failed} failed; screenshots in {ARTIFACTS}")
+    skipped = len(result.skipped)
+    passed = result.testsRun - failed - skipped
+    print(f"ui e2e: {passed} passed, {failed} failed, {skipped} skipped; screenshots in {ARTIFACTS}")
     return 0 if failed == 0 and result.testsRun > 0 else 1
 
 
