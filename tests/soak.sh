@@ -106,7 +106,7 @@ EOF
 "$SWAPD" --config "$WORK/config.yaml" --listen 127.0.0.1:0 >"$WORK/swapd.out" 2>"$WORK/swapd.err" &
 SWAPD_PID=$!
 ADDR=""
-for _ in $(seq 1 100); do
+for _ in $(seq 1 300); do
     ADDR="$(sed -n 's|^swapd: listening on http://||p' "$WORK/swapd.err" | head -n 1)"
     [[ -n "$ADDR" ]] && break
     kill -0 "$SWAPD_PID" 2>/dev/null || { echo "soak: swapd exited at startup" >&2; exit 1; }
@@ -312,8 +312,29 @@ for thread in pool:
     thread.join(DEADLINE + 10)
 hung_clients = sum(thread.is_alive() for thread in pool)
 
-# Everything still works afterwards.
-time.sleep(3)
+# Everything still works afterwards, once swapd has noticed the last kills: every process
+# /running lists is alive (a killed one stays listed until swapd has seen it exit).
+def pid_alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def settled():
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    conn.request("GET", "/running")
+    running = json.loads(conn.getresponse().read()).get("running", [])
+    conn.close()
+    return all(pid_alive(int(entry["pid"])) for entry in running if entry.get("pid"))
+
+
+settle_deadline = time.monotonic() + 60
+while not settled():
+    if time.monotonic() > settle_deadline:
+        sys.exit("soak: FAILED: /running still lists a dead process 60 s after the traffic")
+    time.sleep(0.1)
 after_ok = True
 for model in MODELS:
     try:
