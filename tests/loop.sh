@@ -11,8 +11,9 @@
 #
 # The load: a clone of this tree's HEAD in a temp dir, built in a loop with
 # `nice -n 0 cargo build --release -j 2` into its own CARGO_TARGET_DIR, its sources touched
-# between builds so that it never stops compiling. It runs in its own process group and is
-# stopped by that group's id when the script ends, fails or is interrupted.
+# between builds so that it never stops compiling. It and each `make test` run in their own
+# process groups, stopped by those groups' ids when the script ends, fails or is interrupted
+# (Ctrl-C, SIGTERM).
 #
 # For each run the summary (stdout and DIR/summary.txt) gives the start time, duration,
 # result, the load average at the start and at the end, and the names of the tests that failed
@@ -44,16 +45,32 @@ mkdir -p "$LOG_DIR"
 SUMMARY="$LOG_DIR/summary.txt"
 LOAD_DIR=""
 LOAD_PGID=""
+RUN_PGID=""
+
+# Signals a process group (first with $2, as Ctrl-C or a plain kill would), waits up to 5 s,
+# then SIGKILLs what is left of it.
+stop_group() {
+  local pgid="$1" first="$2"
+  kill "-$first" -- "-$pgid" 2>/dev/null
+  for _ in $(seq 1 50); do
+    kill -0 -- "-$pgid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  kill -KILL -- "-$pgid" 2>/dev/null
+}
+
+stop_all() {
+  if [[ -n "$RUN_PGID" ]]; then
+    stop_group "$RUN_PGID" INT
+    RUN_PGID=""
+  fi
+  stop_load
+}
 
 stop_load() {
   if [[ -n "$LOAD_PGID" ]]; then
     # The whole group: the loop, cargo and the rustc processes it started.
-    kill -TERM -- "-$LOAD_PGID" 2>/dev/null
-    for _ in $(seq 1 50); do
-      kill -0 -- "-$LOAD_PGID" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL -- "-$LOAD_PGID" 2>/dev/null
+    stop_group "$LOAD_PGID" TERM
     LOAD_PGID=""
   fi
   if [[ -n "$LOAD_DIR" ]]; then
@@ -61,7 +78,7 @@ stop_load() {
     LOAD_DIR=""
   fi
 }
-trap stop_load EXIT
+trap stop_all EXIT
 trap 'echo "loop.sh: interrupted" >&2; exit 130' INT TERM
 
 say() { echo "$*" | tee -a "$SUMMARY"; }
@@ -91,7 +108,12 @@ for run in $(seq 1 "$RUNS"); do
   started_at="$(date '+%Y-%m-%d %H:%M:%S')"
   load_before="$(loadavg)"
   began=$SECONDS
-  if make test >"$log" 2>&1; then result=PASS; else result=FAIL; fi
+  # In its own process group (so that an interrupt stops all of it), waited for with `wait`,
+  # which a signal interrupts at once.
+  setsid make test >"$log" 2>&1 </dev/null &
+  RUN_PGID=$!
+  if wait "$RUN_PGID"; then result=PASS; else result=FAIL; fi
+  RUN_PGID=""
   took=$((SECONDS - began))
   line="run $run/$RUNS: started $started_at, ${took}s, $result, load $load_before -> $(loadavg)"
   if [[ $result == FAIL ]]; then
@@ -102,7 +124,7 @@ for run in $(seq 1 "$RUNS"); do
       {
         sed -n 's/^test \(.*\) \.\.\. FAILED$/\1/p' "$log"
         sed -n 's/^\(FAIL\|ERROR\): \([^ ]*\) (\(.*\))$/\3/p' "$log"
-        grep -o '[A-Za-z_.-]*: FAIL\(ED\)\?: .*' "$log" | cut -c1-120
+        grep -E ': FAIL(ED)?: ' "$log" | cut -c1-120
         grep -o 'make: \*\*\* \[[^]]*\]' "$log"
       } | awk '!seen[$0]++' | paste -sd ';' -
     )"
