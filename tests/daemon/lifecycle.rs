@@ -48,7 +48,7 @@ fn a_start_every_client_left_is_abandoned_and_never_becomes_ready() {
     // Health passes 3 s after spawn; healthCheckTimeout is 60 s.
     let daemon = Daemon::start(&slow_config(3000, "", ""));
     let (client, pid) = client_waiting_for_a_start(&daemon, "a");
-    // The process was spawned before this moment, so its health would pass by 3 s after it.
+    // The process was spawned before this moment, so its health would pass about 3 s after it.
     let seen_starting = Instant::now();
     drop(client);
     // The process goes and nothing runs; on the way it must never have been reported ready.
