@@ -5,10 +5,15 @@
 //! swapd sends therefore goes through [`ResponseWriter`]: it writes the status line and headers
 //! itself and flushes after every chunk. This module also owns the OpenAI-style error envelope
 //! and the TCP state queries on a client connection's handle (`TCP_INFO`: did the client leave,
-//! when did it last send data).
+//! when did it last send data). The wire format itself (heads, chunked and length framing) is
+//! [`codec`]'s, shared with the upstream client, the fake upstream and the benchmarks;
+//! [`buffer`] feeds it from a socket.
 
 use std::io::{self, Write};
 use std::os::fd::RawFd;
+
+pub mod buffer;
+pub mod codec;
 
 /// Chunks up to this size are framed inside the connection's write buffer (see `write_chunk`).
 const SMALL_CHUNK: usize = 4096;
@@ -21,38 +26,12 @@ pub struct ResponseWriter {
     scratch: Vec<u8>,
 }
 
-/// The reason phrase for the status codes swapd produces or forwards.
+/// The reason phrase for a status code: tiny_http's table (the one swapd's listener also
+/// uses), with `Status` as the placeholder for codes it does not know.
 pub fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        101 => "Switching Protocols",
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        204 => "No Content",
-        206 => "Partial Content",
-        301 => "Moved Permanently",
-        302 => "Found",
-        304 => "Not Modified",
-        307 => "Temporary Redirect",
-        308 => "Permanent Redirect",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        413 => "Payload Too Large",
-        415 => "Unsupported Media Type",
-        422 => "Unprocessable Entity",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Status",
+    match tiny_http::StatusCode(status).default_reason_phrase() {
+        "Unknown" => "Status",
+        phrase => phrase,
     }
 }
 
@@ -75,35 +54,12 @@ impl ResponseWriter {
             head_only,
             scratch: Vec::with_capacity(512),
         };
-        let head = &mut writer.scratch;
-        head.extend_from_slice(b"HTTP/1.1 ");
-        let _ = write!(head, "{status}");
-        head.push(b' ');
-        head.extend_from_slice(reason_phrase(status).as_bytes());
-        head.extend_from_slice(b"\r\n");
-        for (name, value) in headers {
-            if name.eq_ignore_ascii_case("content-length")
-                || name.eq_ignore_ascii_case("transfer-encoding")
-                || name.eq_ignore_ascii_case("connection")
-            {
-                continue;
-            }
-            head.extend_from_slice(name.as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
-        match content_length {
-            Some(length) => {
-                let _ = write!(head, "Content-Length: {length}\r\n");
-            }
-            None if !head_only => head.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-            None => {}
-        }
-        if close {
-            head.extend_from_slice(b"Connection: close\r\n");
-        }
-        head.extend_from_slice(b"\r\n");
+        let framing = match content_length {
+            Some(length) => codec::Framing::Length(length),
+            None if !head_only => codec::Framing::Chunked,
+            None => codec::Framing::UntilClose,
+        };
+        codec::write_response_head(&mut writer.scratch, status, headers, framing, close);
         writer.inner.write_all(&writer.scratch)?;
         writer.scratch.clear();
         Ok(writer)
@@ -133,22 +89,15 @@ impl ResponseWriter {
             // Small chunks (SSE events, tokens) go through the connection's 8 KiB write buffer
             // as frame header, data and trailer, and leave in one system call at the flush;
             // the data is copied once.
-            let mut frame = [0u8; 20];
-            let header = {
-                let mut cursor = io::Cursor::new(&mut frame[..]);
-                let _ = write!(cursor, "{:X}\r\n", data.len());
-                cursor.position() as usize
-            };
-            self.inner.write_all(&frame[..header])?;
+            self.inner
+                .write_all(codec::ChunkHeader::new(data.len()).as_bytes())?;
             self.inner.write_all(data)?;
-            self.inner.write_all(b"\r\n")?;
+            self.inner.write_all(codec::CHUNK_END)?;
         } else if self.chunked {
             // A large chunk would not fit the write buffer with its framing: one buffer and
             // one write instead of three system calls.
             self.scratch.clear();
-            let _ = write!(self.scratch, "{:X}\r\n", data.len());
-            self.scratch.extend_from_slice(data);
-            self.scratch.extend_from_slice(b"\r\n");
+            codec::encode_chunk(&mut self.scratch, data);
             self.inner.write_all(&self.scratch)?;
         } else {
             self.inner.write_all(data)?;
@@ -159,7 +108,7 @@ impl ResponseWriter {
     /// Ends the body (the terminating chunk for chunked framing) and flushes.
     pub fn finish(mut self) -> io::Result<()> {
         if self.chunked {
-            self.inner.write_all(b"0\r\n\r\n")?;
+            self.inner.write_all(codec::LAST_CHUNK)?;
         }
         self.inner.flush()
     }
