@@ -1,8 +1,9 @@
 //! A stand-in for llama-server, used by swapd's integration tests as a real child process.
 //!
-//! It is deliberately small and dependency-light: a thread per connection and a hand-written
-//! HTTP/1.1 parser give full control over what goes on the wire and when it is flushed, which
-//! is what the tests need (incremental SSE streams, keep-alive, a connection closed without
+//! It is deliberately small and dependency-light: a thread per connection and swapd's own
+//! HTTP/1 codec (`swapd::http::codec`, the one the upstream client uses) with hand-built writes
+//! give full control over what goes on the wire and when it is flushed, which is what the tests
+//! need (incremental SSE streams, keep-alive, a connection closed without
 //! warning after a stream, garbage bytes, hangs, crashes mid-stream). Flags simulate slow model
 //! loading, late binding, ignored SIGTERM, crashes, failures at startup and forked
 //! grandchildren. It logs to stdout and stderr so that log capture can be tested too.
@@ -13,7 +14,7 @@
 //! an error inside a stream (`stream_error`), and hold a stream's last event until a file exists
 //! (`gate_file`), which lets a test prove that earlier events were delivered before it.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::exit;
 use std::sync::Arc;
@@ -21,9 +22,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
+use swapd::http::buffer::{self, ReadBuffer};
+use swapd::http::codec::{self, Decoder, Framing};
 
 /// The largest request head or body accepted; anything bigger is answered with 400.
-const MAX_HEAD: u64 = 64 * 1024;
+const MAX_HEAD: usize = 64 * 1024;
 const MAX_BODY: usize = 64 * 1024 * 1024;
 
 /// Command-line options; see the usage text.
@@ -206,7 +209,8 @@ fn main() {
 struct Request {
     method: String,
     target: String,
-    version: String,
+    /// Whether the client lets the connection carry another request.
+    keep_alive: bool,
     /// Lowercased names, in order of arrival.
     headers: Vec<(String, String)>,
     body: Vec<u8>,
@@ -233,8 +237,7 @@ impl Request {
     }
 
     fn wants_close(&self) -> bool {
-        let conn = self.header("connection").unwrap_or("").to_ascii_lowercase();
-        conn.contains("close") || (self.version == "HTTP/1.0" && !conn.contains("keep-alive"))
+        !self.keep_alive
     }
 }
 
@@ -242,102 +245,54 @@ fn bad(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
-/// Reads one CRLF- (or LF-) terminated line of at most `MAX_HEAD` bytes; `None` on clean EOF.
-fn read_line(r: &mut impl BufRead) -> io::Result<Option<String>> {
-    let mut line = Vec::new();
-    r.take(MAX_HEAD).read_until(b'\n', &mut line)?;
-    if line.is_empty() {
-        return Ok(None);
-    }
-    if line.last() != Some(&b'\n') {
-        return Err(bad("line too long or truncated"));
-    }
-    let text = String::from_utf8_lossy(&line);
-    Ok(Some(text.trim_end_matches(['\r', '\n']).to_string()))
-}
-
 /// Reads the next request; `Ok(None)` when the client closed the connection between requests.
-fn read_request(r: &mut impl BufRead, w: &mut TcpStream) -> io::Result<Option<Request>> {
-    let Some(line) = read_line(r)? else {
+fn read_request(
+    buf: &mut ReadBuffer,
+    r: &mut TcpStream,
+    w: &mut TcpStream,
+) -> io::Result<Option<Request>> {
+    let Some(head_len) = buffer::read_head(buf, r, MAX_HEAD)? else {
         return Ok(None);
     };
-    let mut parts = line.split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad(format!("malformed request line {line:?}")));
-    };
+    let head = &buf.data()[..head_len];
+    let parsed = codec::parse_request_head(head).map_err(|e| bad(e.to_string()))?;
+    let text = |(start, end): (usize, usize)| String::from_utf8_lossy(&head[start..end]).into_owned();
     let mut req = Request {
-        method: method.to_string(),
-        target: target.to_string(),
-        version: version.to_string(),
-        headers: Vec::new(),
+        method: text(parsed.method),
+        target: text(parsed.target),
+        keep_alive: parsed.keep_alive,
+        headers: parsed
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    text(h.name).to_ascii_lowercase(),
+                    text(h.value),
+                )
+            })
+            .collect(),
         body: Vec::new(),
     };
-    loop {
-        let line = read_line(r)?.ok_or_else(|| bad("eof in headers"))?;
-        if line.is_empty() {
-            break;
-        }
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| bad("malformed header"))?;
-        req.headers
-            .push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-    }
+    buf.consume(head_len);
     if req
         .header("expect")
         .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
     {
         w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
     }
-    let chunked = req
-        .header("transfer-encoding")
-        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-    if chunked {
-        loop {
-            let size_line = read_line(r)?.ok_or_else(|| bad("eof in chunked body"))?;
-            let hex = size_line.split(';').next().unwrap_or("").trim();
-            let size = usize::from_str_radix(hex, 16).map_err(|_| bad("bad chunk size"))?;
-            if size == 0 {
-                // Skip trailers up to the blank line.
-                while !read_line(r)?
-                    .ok_or_else(|| bad("eof in trailers"))?
-                    .is_empty()
-                {}
-                break;
-            }
-            if req.body.len() + size > MAX_BODY {
-                return Err(bad("body too large"));
-            }
-            let start = req.body.len();
-            req.body.resize(start + size, 0);
-            r.read_exact(&mut req.body[start..])?;
-            read_line(r)?; // The CRLF after the chunk data.
-        }
-    } else if let Some(len) = req.header("content-length") {
-        let len: usize = len.parse().map_err(|_| bad("bad content-length"))?;
-        if len > MAX_BODY {
+    if matches!(parsed.framing, Framing::Length(len) if len > MAX_BODY as u64) {
+        return Err(bad("body too large"));
+    }
+    let mut decoder = Decoder::new(parsed.framing);
+    let body = &mut req.body;
+    buffer::read_body(buf, r, &mut decoder, |piece| {
+        if body.len() + piece.len() > MAX_BODY {
             return Err(bad("body too large"));
         }
-        req.body.resize(len, 0);
-        r.read_exact(&mut req.body)?;
-    }
+        body.extend_from_slice(piece);
+        Ok(())
+    })?;
     Ok(Some(req))
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        _ => "Status",
-    }
 }
 
 /// Writes a complete response with a Content-Length body in one write.
@@ -348,13 +303,25 @@ fn respond(
     body: &[u8],
     close: bool,
 ) -> io::Result<()> {
-    let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{}\r\n",
-        reason(status),
-        body.len(),
-        if close { "Connection: close\r\n" } else { "" }
-    )
-    .into_bytes();
+    respond_with(w, status, &[("Content-Type", ctype)], body, close)
+}
+
+/// [`respond`] with any headers.
+fn respond_with(
+    w: &mut TcpStream,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    close: bool,
+) -> io::Result<()> {
+    let mut out = Vec::with_capacity(256 + body.len());
+    codec::write_response_head(
+        &mut out,
+        status,
+        headers,
+        Framing::Length(body.len() as u64),
+        close,
+    );
     out.extend_from_slice(body);
     w.write_all(&out)?;
     w.flush()
@@ -372,24 +339,27 @@ fn respond_json(w: &mut TcpStream, status: u16, v: &Value, close: bool) -> io::R
 
 /// Starts a chunked response; every `chunk` call is one flushed HTTP chunk.
 fn start_chunked(w: &mut TcpStream, ctype: &str) -> io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nCache-Control: no-cache\r\n\
-         Transfer-Encoding: chunked\r\n\r\n"
+    let mut head = Vec::with_capacity(256);
+    codec::write_response_head(
+        &mut head,
+        200,
+        &[("Content-Type", ctype), ("Cache-Control", "no-cache")],
+        Framing::Chunked,
+        false,
     );
-    w.write_all(head.as_bytes())?;
+    w.write_all(&head)?;
     w.flush()
 }
 
 fn chunk(w: &mut TcpStream, data: &[u8]) -> io::Result<()> {
-    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
+    let mut out = Vec::with_capacity(data.len() + 24);
+    codec::encode_chunk(&mut out, data);
     w.write_all(&out)?;
     w.flush()
 }
 
 fn end_chunked(w: &mut TcpStream) -> io::Result<()> {
-    w.write_all(b"0\r\n\r\n")?;
+    w.write_all(codec::LAST_CHUNK)?;
     w.flush()
 }
 
@@ -406,9 +376,10 @@ fn usage(n: u64) -> Value {
 fn serve_connection(stream: TcpStream, opts: &Opts, started: Instant) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let mut w = stream.try_clone()?;
-    let mut r = BufReader::new(stream);
+    let mut r = stream;
+    let mut buf = ReadBuffer::new(16 * 1024);
     loop {
-        let req = match read_request(&mut r, &mut w) {
+        let req = match read_request(&mut buf, &mut r, &mut w) {
             Ok(Some(req)) => req,
             Ok(None) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
@@ -556,15 +527,16 @@ fn handle(req: &Request, w: &mut TcpStream, opts: &Opts, started: Instant) -> io
                                    "type": "server_error"}});
         // A header of the upstream's own, so tests can check error answers pass through whole.
         let body = err.to_string();
-        let out = format!(
-            "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nX-Fake-Upstream: {}\r\nContent-Length: {}\r\n{}\r\n{body}",
-            reason(status),
-            opts.model,
-            body.len(),
-            if close { "Connection: close\r\n" } else { "" }
-        );
-        w.write_all(out.as_bytes())?;
-        w.flush()?;
+        respond_with(
+            w,
+            status,
+            &[
+                ("Content-Type", "application/json"),
+                ("X-Fake-Upstream", &opts.model),
+            ],
+            body.as_bytes(),
+            close,
+        )?;
         return Ok(true);
     }
     if body.get("stream").and_then(Value::as_bool) != Some(true) {
