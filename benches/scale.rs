@@ -26,14 +26,18 @@
 //! panic), and a watchdog ends the run if it takes too long. BENCHMARKS.md has the results.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use swapd::http::codec::{self, Decoder};
+
+mod common;
+
+use common::*;
 
 const DEFAULT_NS: [usize; 4] = [100, 1_000, 4_000, 10_000];
 /// c=1 requests per latency figure, after a warm-up.
@@ -47,102 +51,13 @@ const STREAM_CHUNKS: u64 = 31;
 const STREAM_INTERVAL_MS: u64 = 100;
 /// A stream not done after this long counts as failed.
 const STREAM_DEADLINE: Duration = Duration::from_secs(120);
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
 const WATCHDOG: Duration = Duration::from_secs(30 * 60);
 
 const CHAT_BODY: &str =
     r#"{"model":"fast","messages":[{"role":"user","content":"Say hello."}],"max_tokens":8}"#;
 
-// ---------------------------------------------------------------------------------------------
-// Processes
-// ---------------------------------------------------------------------------------------------
-
-/// Every pid started here, for the watchdog.
-static PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
-
-/// A child process killed (SIGTERM, then SIGKILL after a bounded wait) when dropped.
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(name: &str, command: &mut Command) -> Proc {
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        PIDS.lock().unwrap().push(child.id());
-        Proc { child }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let pid = self.child.id();
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: kill(2) on a child we spawned and have not reaped yet.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    break;
-                }
-                thread::sleep(Duration::from_millis(10));
-            }
-            if let Ok(None) = self.child.try_wait() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
-        PIDS.lock().unwrap().retain(|&p| p != pid);
-    }
-}
-
-fn start_watchdog() {
-    thread::Builder::new()
-        .name("watchdog".into())
-        .spawn(|| {
-            thread::sleep(WATCHDOG);
-            eprintln!("scale: watchdog: the run took longer than {WATCHDOG:?}; killing everything");
-            for &pid in PIDS.lock().unwrap().iter() {
-                // SAFETY: kill(2) on children this process started.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            }
-            std::process::exit(2);
-        })
-        .expect("watchdog thread");
-}
-
-fn binary(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("target/release")
-        .join(name);
-    if !path.exists() {
-        panic!(
-            "{} is missing: run `cargo build --release --bins` first",
-            path.display()
-        );
-    }
-    path
-}
-
-/// `count` consecutive free ports below the ephemeral range, for swapd's `startPort`.
-fn free_port_range(count: u16) -> u16 {
-    let seed = (std::process::id() % 10_000) as u16;
-    for attempt in 0..1000u16 {
-        let base = 20_000 + (seed.wrapping_add(attempt.wrapping_mul(37)) % 12_000);
-        if (0..count).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no free port range");
-}
-
 /// A swapd on `127.0.0.1:0` serving one fake model; `_dir` holds its config.
-struct Swapd {
+struct ScaleSwapd {
     proc: Proc,
     addr: String,
     /// The model's fake-upstream, for the direct baseline.
@@ -150,9 +65,7 @@ struct Swapd {
     _dir: TempDir,
 }
 
-fn start_swapd(n: usize) -> Swapd {
-    let dir = TempDir::new();
-    let path = dir.0.join("config.yaml");
+fn start_swapd(n: usize) -> ScaleSwapd {
     let limit = n * 2 + 100;
     let model_port = free_port_range(1);
     let config = format!(
@@ -162,54 +75,9 @@ fn start_swapd(n: usize) -> Swapd {
         model_port,
         binary("fake-upstream").display()
     );
-    std::fs::write(&path, config).expect("write config");
-    let mut proc = Proc::spawn(
-        "swapd",
-        Command::new(binary("swapd"))
-            .arg("--config")
-            .arg(&path)
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped()),
-    );
-    let stderr = proc.child.stderr.take().expect("piped stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        // Keeps draining stderr so swapd never blocks on it.
-        let mut reader = io::BufReader::new(stderr);
-        let mut line = String::new();
-        let mut sent = false;
-        let mut early = String::new();
-        loop {
-            line.clear();
-            match io::BufRead::read_line(&mut reader, &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            if !sent {
-                if let Some(addr) = line.trim().strip_prefix("swapd: listening on http://") {
-                    let _ = tx.send(Ok(addr.to_string()));
-                    sent = true;
-                } else {
-                    early.push_str(&line);
-                }
-            } else if line.contains("ERROR") || line.contains("WARN") {
-                eprint!("scale: swapd: {line}");
-            }
-        }
-        if !sent {
-            let _ = tx.send(Err(early));
-        }
-    });
-    let addr = match rx.recv_timeout(Duration::from_secs(15)) {
-        Ok(Ok(addr)) => addr,
-        Ok(Err(output)) => panic!("swapd exited before listening:\n{output}"),
-        Err(_) => panic!("swapd did not print its listening line within 15 s"),
-    };
-    let swapd = Swapd {
-        proc,
+    let Swapd { proc, addr, dir } = common::start_swapd(&config, &[], Some("scale: swapd: "));
+    let swapd = ScaleSwapd {
+        proc: proc.with_grace(Duration::from_secs(20)),
         addr,
         upstream_addr: format!("127.0.0.1:{model_port}"),
         _dir: dir,
@@ -230,27 +98,6 @@ fn start_swapd(n: usize) -> Swapd {
         }
     }
     swapd
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "swapd-scale-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Raises this process's descriptor limit (children inherit it): the soft limit to the hard
@@ -276,220 +123,6 @@ fn raise_fd_limit(wanted: u64) -> u64 {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// /proc readings
-// ---------------------------------------------------------------------------------------------
-
-fn clock_ticks_per_second() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 {
-        ticks as u64
-    } else {
-        100
-    }
-}
-
-/// utime + stime of a process (all its threads), in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0;
-    };
-    let fields: Vec<u64> = rest
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0)
-}
-
-/// A value from /proc/<pid>/status (`VmRSS`, `VmHWM` in KiB, `Threads`).
-fn status_value(pid: u32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Busy ticks of the whole machine (all cores), from /proc/stat.
-fn machine_busy_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let values: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    let total: u64 = values.iter().take(8).sum();
-    total - values.get(3).copied().unwrap_or(0) - values.get(4).copied().unwrap_or(0)
-}
-
-/// Pids whose parent is `parent` (swapd's model processes).
-fn children_of(parent: u32) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let parent_of = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
-        if parent_of == Some(parent) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-// ---------------------------------------------------------------------------------------------
-// A small blocking HTTP/1.1 client (keep-alive; Content-Length and chunked bodies)
-// ---------------------------------------------------------------------------------------------
-
-struct Client {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    pos: usize,
-    len: usize,
-}
-
-struct Response {
-    status: u16,
-}
-
-fn invalid(msg: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-impl Client {
-    fn connect(addr: &str) -> io::Result<Client> {
-        let addr: SocketAddr = addr.parse().map_err(|_| invalid("bad address"))?;
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        stream.set_write_timeout(Some(IO_TIMEOUT))?;
-        Ok(Client {
-            stream,
-            buf: vec![0; 4096],
-            pos: 0,
-            len: 0,
-        })
-    }
-
-    fn fill(&mut self) -> io::Result<()> {
-        if self.pos == self.len {
-            self.pos = 0;
-            self.len = 0;
-        } else if self.len == self.buf.len() {
-            self.buf.copy_within(self.pos..self.len, 0);
-            self.len -= self.pos;
-            self.pos = 0;
-            if self.len == self.buf.len() {
-                self.buf.resize(self.buf.len() * 2, 0);
-            }
-        }
-        let n = self.stream.read(&mut self.buf[self.len..])?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed",
-            ));
-        }
-        self.len += n;
-        Ok(())
-    }
-
-    fn until(&mut self, delimiter: &[u8]) -> io::Result<usize> {
-        loop {
-            if let Some(i) = find(&self.buf[self.pos..self.len], delimiter) {
-                return Ok(self.pos + i + delimiter.len());
-            }
-            self.fill()?;
-        }
-    }
-
-    fn skip(&mut self, mut remaining: usize) -> io::Result<()> {
-        while remaining > 0 {
-            if self.pos == self.len {
-                self.fill()?;
-            }
-            let take = remaining.min(self.len - self.pos);
-            self.pos += take;
-            remaining -= take;
-        }
-        Ok(())
-    }
-
-    /// Sends a request and reads the response, discarding the body.
-    fn exchange(&mut self, request: &[u8]) -> io::Result<Response> {
-        self.stream.write_all(request)?;
-        let head_end = self.until(b"\r\n\r\n")?;
-        let head = self.buf[self.pos..head_end].to_ascii_lowercase();
-        if head.len() < 12 || !head.starts_with(b"http/1.") {
-            return Err(invalid("not an HTTP/1.x response"));
-        }
-        let status: u16 = std::str::from_utf8(&head[9..12])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| invalid("bad status"))?;
-        let chunked = find(&head, b"transfer-encoding: chunked").is_some();
-        let length = find(&head, b"content-length:").and_then(|i| {
-            let rest = &head[i + 15..];
-            let end = rest.iter().position(|&b| b == b'\r')?;
-            std::str::from_utf8(&rest[..end]).ok()?.trim().parse().ok()
-        });
-        self.pos = head_end;
-        if chunked {
-            loop {
-                let line_end = self.until(b"\r\n")?;
-                let size = std::str::from_utf8(&self.buf[self.pos..line_end - 2])
-                    .ok()
-                    .and_then(|h| usize::from_str_radix(h.trim(), 16).ok())
-                    .ok_or_else(|| invalid("bad chunk size"))?;
-                self.pos = line_end;
-                self.skip(size + 2)?;
-                if size == 0 {
-                    break;
-                }
-            }
-        } else {
-            self.skip(length.unwrap_or(0))?;
-        }
-        Ok(Response { status })
-    }
-}
-
-fn post(addr: &str, path: &str, body: &str) -> Vec<u8> {
-    format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
 
 fn chat(addr: &str) -> Vec<u8> {
     post(addr, "/v1/chat/completions", CHAT_BODY)
@@ -505,13 +138,6 @@ fn stream_request(addr: &str) -> Vec<u8> {
     )
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p / 100.0).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
 
 /// c=1 latency of non-streaming chat requests, one keep-alive connection per swapd, in
 /// alternating batches so that both see the same machine load: ((p50, p99) of `first`,
@@ -633,10 +259,10 @@ fn idle_phase(n: usize) -> IdleFigures {
 
 struct StreamState {
     stream: TcpStream,
-    head: Vec<u8>,
-    status: Option<u16>,
-    /// The last bytes received, to recognise the terminating chunk.
-    tail: Vec<u8>,
+    /// The head until it is complete, then any framing split between two reads.
+    pending: Vec<u8>,
+    /// Set once a 200 head has arrived.
+    decoder: Option<Decoder>,
 }
 
 struct StreamFigures {
@@ -663,27 +289,39 @@ fn pump(state: &mut StreamState, buffer: &mut [u8]) -> Option<bool> {
             Ok(0) => return Some(false),
             Ok(read) => {
                 let mut data = &buffer[..read];
-                if state.status.is_none() {
-                    state.head.extend_from_slice(data);
-                    let Some(end) = find(&state.head, b"\r\n\r\n") else {
+                if state.decoder.is_none() {
+                    state.pending.extend_from_slice(data);
+                    let Some(end) = codec::find_head_end(&state.pending, 0) else {
                         continue;
                     };
-                    let status = std::str::from_utf8(state.head.get(9..12).unwrap_or(b""))
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0);
-                    state.status = Some(status);
-                    if status != 200 {
-                        return Some(false);
+                    match codec::parse_response_head(&state.pending[..end]) {
+                        Ok(head) if head.status == 200 => {
+                            state.decoder =
+                                Some(Decoder::new(codec::response_framing(&head, false)));
+                        }
+                        _ => return Some(false),
                     }
-                    let body_start = state.head.len() - (end + 4);
-                    data = &data[read - body_start..];
+                    state.pending.drain(..end);
+                    data = &[];
                 }
-                state.tail.extend_from_slice(data);
-                let keep = state.tail.len().saturating_sub(7);
-                state.tail.drain(..keep);
-                if state.tail == b"\r\n0\r\n\r\n" {
-                    return Some(true);
+                let decoder = state.decoder.as_mut().expect("the head was parsed");
+                // Bytes are only kept when a framing line is split between two reads.
+                let ended = if state.pending.is_empty() {
+                    decoder.skip(data).map(|(taken, ended)| {
+                        state.pending.extend_from_slice(&data[taken..]);
+                        ended
+                    })
+                } else {
+                    state.pending.extend_from_slice(data);
+                    decoder.skip(&state.pending).map(|(taken, ended)| {
+                        state.pending.drain(..taken);
+                        ended
+                    })
+                };
+                match ended {
+                    Ok(true) => return Some(true),
+                    Ok(false) => {}
+                    Err(_) => return Some(false),
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
@@ -749,9 +387,8 @@ fn run_streams(addr: &str, n: usize) -> (f64, f64, usize) {
                 }
                 states.push(Some(StreamState {
                     stream,
-                    head: Vec::new(),
-                    status: None,
-                    tail: Vec::with_capacity(16),
+                    pending: Vec::new(),
+                    decoder: None,
                 }));
             }
             Err(_) => {
@@ -800,14 +437,14 @@ fn stream_phase(n: usize) -> StreamFigures {
         cpu_ticks(pid),
         upstream.iter().map(|&p| cpu_ticks(p)).sum::<u64>(),
         cpu_ticks(std::process::id()),
-        machine_busy_ticks(),
+        machine_ticks().0,
     );
     let (open_secs, wall_secs, failures) = run_streams(&swapd.addr, n);
     let ticks = clock_ticks_per_second() as f64;
     let swapd_ticks = cpu_ticks(pid) - cpu_start.0;
     let upstream_ticks = upstream.iter().map(|&p| cpu_ticks(p)).sum::<u64>() - cpu_start.1;
     let own_ticks = cpu_ticks(std::process::id()) - cpu_start.2;
-    let foreign_ticks = (machine_busy_ticks() - cpu_start.3)
+    let foreign_ticks = (machine_ticks().0 - cpu_start.3)
         .saturating_sub(swapd_ticks + upstream_ticks + own_ticks);
     sampling.store(false, Ordering::Relaxed);
     let _ = sampler.join();
@@ -835,7 +472,7 @@ fn main() {
         println!("scale benchmark: skipped (run it with `cargo bench --bench scale`)");
         return;
     }
-    start_watchdog();
+    start_watchdog("scale", WATCHDOG);
     let ns: Vec<usize> = match std::env::var("SWAPD_SCALE_N") {
         Ok(list) => list
             .split(',')
@@ -910,3 +547,4 @@ fn main() {
     println!();
     println!("scale: load average at the end {}", load_average());
 }
+

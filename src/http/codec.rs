@@ -526,6 +526,22 @@ impl Decoder {
         }
     }
 
+    /// Passes over body and framing at the front of `input` without handing the body out:
+    /// how many bytes were taken, and whether the body has ended.
+    pub fn skip(&mut self, input: &[u8]) -> Result<(usize, bool), CodecError> {
+        let mut taken = 0;
+        loop {
+            match self.step(&input[taken..])? {
+                Step::Data { skip, len } => {
+                    self.consume(len);
+                    taken += skip + len;
+                }
+                Step::More { skip } => return Ok((taken + skip, false)),
+                Step::Done { skip } => return Ok((taken + skip, true)),
+            }
+        }
+    }
+
     /// Marks `count` body bytes (at most the `len` of the last [`Step::Data`]) as used.
     pub fn consume(&mut self, count: usize) {
         let count = count as u64;

@@ -276,3 +276,19 @@ fn heads_and_chunks_serialise() {
         Ok((b"hello world".to_vec(), Vec::new()))
     );
 }
+
+#[test]
+fn skipping_a_body_takes_its_framing_and_stops_at_its_end() {
+    let input = b"5;x\r\nhello\r\n3\r\nabc\r\n0\r\nT: 1\r\n\r\nNEXT";
+    let mut decoder = Decoder::new(Framing::Chunked);
+    assert_eq!(decoder.skip(input), Ok((input.len() - 4, true)));
+    // Split inside a size line: the partial line stays for the next read.
+    let mut decoder = Decoder::new(Framing::Chunked);
+    assert_eq!(decoder.skip(&input[..14]), Ok((12, false)));
+    assert_eq!(decoder.skip(&input[12..]), Ok((input.len() - 16, true)));
+    let mut decoder = Decoder::new(Framing::Length(3));
+    assert_eq!(decoder.skip(b"ab"), Ok((2, false)));
+    assert_eq!(decoder.skip(b"cNEXT"), Ok((1, true)));
+    let mut decoder = Decoder::new(Framing::Chunked);
+    assert_eq!(decoder.skip(b"Q\r\n"), Err(CodecError::ChunkSize));
+}
