@@ -11,126 +11,33 @@
 //!
 //! Environment: `SWAPD_BENCH_TTFT_REQUESTS` (default 2000) requests per route.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io;
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
+
+mod common;
+
+use common::*;
 
 const BATCH: usize = 100;
 const WARMUP: usize = 200;
 const WATCHDOG: Duration = Duration::from_secs(10 * 60);
 
-/// Kills (SIGTERM, then SIGKILL after a bound) and reaps on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let pid = self.0.id() as i32;
-        // SAFETY: kill(2) on a child we spawned and have not reaped.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// Sends `request` on a kept-alive connection and reads the whole response; returns the time
+/// to the first body bytes (the first SSE event or NDJSON line).
+fn first_data(client: &mut Client, request: &[u8]) -> io::Result<Duration> {
+    let sent = Instant::now();
+    client.send(request)?;
+    let mut first = None;
+    let response = client.read_response(|_| {
+        first.get_or_insert_with(|| sent.elapsed());
+    })?;
+    if response.status != 200 {
+        return Err(io::Error::other("status is not 200"));
     }
-}
-
-fn binary(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("target/release")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --release --bins` first",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("an ephemeral port")
-}
-
-/// A kept-alive connection that reads chunked responses and notes when data first arrives.
-struct Connection {
-    reader: BufReader<TcpStream>,
-}
-
-impl Connection {
-    fn open(addr: &str) -> io::Result<Connection> {
-        let stream = TcpStream::connect(addr)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        Ok(Connection {
-            reader: BufReader::new(stream),
-        })
-    }
-
-    /// Sends `request` and reads the chunked response; returns the time to the first data.
-    fn first_data(&mut self, request: &[u8]) -> io::Result<Duration> {
-        let sent = Instant::now();
-        self.reader.get_mut().write_all(request)?;
-        let mut line = String::new();
-        let mut status_ok = false;
-        loop {
-            line.clear();
-            self.reader.read_line(&mut line)?;
-            if line.starts_with("HTTP/1.1 200") {
-                status_ok = true;
-            }
-            if line == "\r\n" {
-                break;
-            }
-            if line.is_empty() {
-                return Err(io::Error::other("connection closed in the head"));
-            }
-        }
-        if !status_ok {
-            return Err(io::Error::other("status is not 200"));
-        }
-        let mut first = None;
-        let mut data = Vec::new();
-        loop {
-            line.clear();
-            self.reader.read_line(&mut line)?;
-            let size = usize::from_str_radix(line.trim(), 16)
-                .map_err(|_| io::Error::other(format!("bad chunk size {line:?}")))?;
-            if size == 0 {
-                line.clear();
-                self.reader.read_line(&mut line)?;
-                break;
-            }
-            data.resize(size + 2, 0);
-            self.reader.read_exact(&mut data)?;
-            if first.is_none() {
-                first = Some(sent.elapsed());
-            }
-        }
-        first.ok_or_else(|| io::Error::other("empty body"))
-    }
-}
-
-fn post(addr: &str, path: &str, body: &str) -> Vec<u8> {
-    format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+    first.ok_or_else(|| io::Error::other("empty body"))
 }
 
 fn main() {
@@ -139,11 +46,7 @@ fn main() {
         println!("ollama benchmark: skipped (run it with `cargo bench --bench ollama`)");
         return;
     }
-    thread::spawn(|| {
-        thread::sleep(WATCHDOG);
-        eprintln!("bench: watchdog: the run took longer than {WATCHDOG:?}");
-        std::process::exit(2);
-    });
+    start_watchdog("bench", WATCHDOG);
     let requests: usize = std::env::var("SWAPD_BENCH_TTFT_REQUESTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -162,7 +65,8 @@ fn main() {
     .expect("write config");
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let _swapd = Proc(
+    let _swapd = Proc::spawn(
+        "swapd",
         Command::new(binary("swapd"))
             .arg("--config")
             .arg(&config)
@@ -170,9 +74,7 @@ fn main() {
             .arg(&addr)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start swapd"),
+            .stderr(Stdio::null()),
     );
     let deadline = Instant::now() + Duration::from_secs(15);
     while TcpStream::connect(&addr).is_err() {
@@ -192,28 +94,24 @@ fn main() {
         "/api/chat",
         r#"{"model":"fast","messages":[{"role":"user","content":"Say hello."}]}"#,
     );
-    let mut openai_connection = Connection::open(&addr).expect("connect");
-    let mut ollama_connection = Connection::open(&addr).expect("connect");
+    let mut openai_connection = Client::connect(&addr).expect("connect");
+    let mut ollama_connection = Client::connect(&addr).expect("connect");
     // The first request starts the model; the warm-up fills pools and caches.
     for _ in 0..WARMUP {
-        openai_connection
-            .first_data(&openai)
+        first_data(&mut openai_connection, &openai)
             .expect("OpenAI stream");
-        ollama_connection
-            .first_data(&ollama)
+        first_data(&mut ollama_connection, &ollama)
             .expect("Ollama stream");
     }
     let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     while times[0].len() < requests {
         for _ in 0..BATCH {
-            let t = openai_connection
-                .first_data(&openai)
+            let t = first_data(&mut openai_connection, &openai)
                 .expect("OpenAI stream");
             times[0].push(t.as_secs_f64() * 1e6);
         }
         for _ in 0..BATCH {
-            let t = ollama_connection
-                .first_data(&ollama)
+            let t = first_data(&mut ollama_connection, &ollama)
                 .expect("Ollama stream");
             times[1].push(t.as_secs_f64() * 1e6);
         }
@@ -235,15 +133,15 @@ fn main() {
     ] {
         println!(
             "| {name} | {:.1} | {:.1} | {:.1} |",
-            percentile(list, 0.5),
-            percentile(list, 0.9),
-            percentile(list, 0.99)
+            percentile(list, 50.0),
+            percentile(list, 90.0),
+            percentile(list, 99.0)
         );
     }
     println!(
         "added by the Ollama route: p50 {:+.1} µs, p90 {:+.1} µs",
-        percentile(&times[1], 0.5) - percentile(&times[0], 0.5),
-        percentile(&times[1], 0.9) - percentile(&times[0], 0.9)
+        percentile(&times[1], 50.0) - percentile(&times[0], 50.0),
+        percentile(&times[1], 90.0) - percentile(&times[0], 90.0)
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
