@@ -74,8 +74,6 @@ const READINESS_SAMPLES: usize = 7;
 /// The whole run is killed after this long.
 const WATCHDOG: Duration = Duration::from_secs(20 * 60);
 
-const CHAT_BODY: &str =
-    r#"{"model":"fast","messages":[{"role":"user","content":"Say hello."}],"max_tokens":8}"#;
 // ---------------------------------------------------------------------------------------------
 // Report
 // ---------------------------------------------------------------------------------------------

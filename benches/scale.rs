@@ -53,9 +53,6 @@ const STREAM_INTERVAL_MS: u64 = 100;
 const STREAM_DEADLINE: Duration = Duration::from_secs(120);
 const WATCHDOG: Duration = Duration::from_secs(30 * 60);
 
-const CHAT_BODY: &str =
-    r#"{"model":"fast","messages":[{"role":"user","content":"Say hello."}],"max_tokens":8}"#;
-
 /// A swapd on `127.0.0.1:0` serving one fake model; `_dir` holds its config.
 struct ScaleSwapd {
     proc: Proc,

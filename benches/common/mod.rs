@@ -360,6 +360,10 @@ pub fn median(values: &[f64]) -> f64 {
 // A small HTTP/1.1 client
 // ---------------------------------------------------------------------------------------------
 
+/// The non-streaming chat every latency figure sends (`fast` is the model's name).
+pub const CHAT_BODY: &str =
+    r#"{"model":"fast","messages":[{"role":"user","content":"Say hello."}],"max_tokens":8}"#;
+
 /// Socket read/write timeout of the client: no wait in a benchmark is unbounded.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest response head the client accepts.

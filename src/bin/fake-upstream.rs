@@ -236,6 +236,19 @@ impl Request {
             .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
     }
 
+    /// The body as JSON, or as a string when it is not JSON.
+    fn body_json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&self.body).into_owned()))
+    }
+
+    fn headers_json(&self) -> Map<String, Value> {
+        self.headers
+            .iter()
+            .map(|(n, v)| (n.clone(), Value::String(v.clone())))
+            .collect()
+    }
+
     fn wants_close(&self) -> bool {
         !self.keep_alive
     }
@@ -409,13 +422,7 @@ fn serve_connection(stream: TcpStream, opts: &Opts, started: Instant) -> io::Res
 
 /// Appends one request to the request log (a JSON line), for tests to see what swapd sent.
 fn log_request(path: &str, req: &Request) {
-    let body = serde_json::from_slice(&req.body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&req.body).into_owned()));
-    let headers: Map<String, Value> = req
-        .headers
-        .iter()
-        .map(|(n, v)| (n.clone(), Value::String(v.clone())))
-        .collect();
+    let (body, headers) = (req.body_json(), req.headers_json());
     let line = json!({"method": req.method, "path": req.target, "body": body, "headers": headers});
     let written = std::fs::OpenOptions::new()
         .create(true)
@@ -616,13 +623,7 @@ fn handle(req: &Request, w: &mut TcpStream, opts: &Opts, started: Instant) -> io
 
 /// The JSON echo of a request, used for GETs and non-streaming POSTs.
 fn echo(req: &Request, opts: &Opts) -> Value {
-    let request_body = serde_json::from_slice(&req.body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&req.body).into_owned()));
-    let headers: Map<String, Value> = req
-        .headers
-        .iter()
-        .map(|(n, v)| (n.clone(), Value::String(v.clone())))
-        .collect();
+    let (request_body, headers) = (req.body_json(), req.headers_json());
     let mut v = json!({
         "model_served": opts.model,
         "path": req.target,
