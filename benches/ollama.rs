@@ -98,21 +98,17 @@ fn main() {
     let mut ollama_connection = Client::connect(&addr).expect("connect");
     // The first request starts the model; the warm-up fills pools and caches.
     for _ in 0..WARMUP {
-        first_data(&mut openai_connection, &openai)
-            .expect("OpenAI stream");
-        first_data(&mut ollama_connection, &ollama)
-            .expect("Ollama stream");
+        first_data(&mut openai_connection, &openai).expect("OpenAI stream");
+        first_data(&mut ollama_connection, &ollama).expect("Ollama stream");
     }
     let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     while times[0].len() < requests {
         for _ in 0..BATCH {
-            let t = first_data(&mut openai_connection, &openai)
-                .expect("OpenAI stream");
+            let t = first_data(&mut openai_connection, &openai).expect("OpenAI stream");
             times[0].push(t.as_secs_f64() * 1e6);
         }
         for _ in 0..BATCH {
-            let t = first_data(&mut ollama_connection, &ollama)
-                .expect("Ollama stream");
+            let t = first_data(&mut ollama_connection, &ollama).expect("Ollama stream");
             times[1].push(t.as_secs_f64() * 1e6);
         }
     }

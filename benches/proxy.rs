@@ -40,7 +40,6 @@ mod measure;
 use common::*;
 use measure::*;
 
-
 /// Proxied requests served before "RSS after load" (override: `SWAPD_BENCH_REQUESTS`).
 const DEFAULT_LOAD_REQUESTS: u64 = 200_000;
 /// Seconds per throughput run (override: `SWAPD_BENCH_SECS`).
@@ -617,4 +616,3 @@ fn main() {
     println!();
     print_table(&rows);
 }
-

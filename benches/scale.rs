@@ -120,7 +120,6 @@ fn raise_fd_limit(wanted: u64) -> u64 {
     }
 }
 
-
 fn chat(addr: &str) -> Vec<u8> {
     post(addr, "/v1/chat/completions", CHAT_BODY)
 }
@@ -134,7 +133,6 @@ fn stream_request(addr: &str) -> Vec<u8> {
         ),
     )
 }
-
 
 /// c=1 latency of non-streaming chat requests, one keep-alive connection per swapd, in
 /// alternating batches so that both see the same machine load: ((p50, p99) of `first`,
@@ -441,8 +439,8 @@ fn stream_phase(n: usize) -> StreamFigures {
     let swapd_ticks = cpu_ticks(pid) - cpu_start.0;
     let upstream_ticks = upstream.iter().map(|&p| cpu_ticks(p)).sum::<u64>() - cpu_start.1;
     let own_ticks = cpu_ticks(std::process::id()) - cpu_start.2;
-    let foreign_ticks = (machine_ticks().0 - cpu_start.3)
-        .saturating_sub(swapd_ticks + upstream_ticks + own_ticks);
+    let foreign_ticks =
+        (machine_ticks().0 - cpu_start.3).saturating_sub(swapd_ticks + upstream_ticks + own_ticks);
     sampling.store(false, Ordering::Relaxed);
     let _ = sampler.join();
     let peak_kib = status_value(pid, "VmHWM");
@@ -544,4 +542,3 @@ fn main() {
     println!();
     println!("scale: load average at the end {}", load_average());
 }
-

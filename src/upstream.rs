@@ -490,14 +490,11 @@ impl<'c> Response<'c> {
     /// The response headers in order, as sent (values that are not UTF-8 are skipped).
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
         let head = &self.head;
-        self.parsed
-            .headers
-            .iter()
-            .filter_map(move |span| {
-                let name = std::str::from_utf8(span.name(head)).ok()?;
-                let value = std::str::from_utf8(span.value(head)).ok()?;
-                Some((name, value))
-            })
+        self.parsed.headers.iter().filter_map(move |span| {
+            let name = std::str::from_utf8(span.name(head)).ok()?;
+            let value = std::str::from_utf8(span.value(head)).ok()?;
+            Some((name, value))
+        })
     }
 
     /// The first header with this name (case-insensitive).

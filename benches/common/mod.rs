@@ -243,11 +243,7 @@ pub fn start_swapd(config: &str, env: &[(&str, &str)], echo: Option<&'static str
         Ok(Err(output)) => panic!("swapd exited before listening:\n{output}"),
         Err(_) => panic!("swapd did not print its listening line within 15 s"),
     };
-    Swapd {
-        proc,
-        addr,
-        dir,
-    }
+    Swapd { proc, addr, dir }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use super::common::*;
 use super::*;
 
-
 /// CPU accounting across a measured interval: ours (listed pids plus this process) and the
 /// rest of the machine.
 pub struct CpuWindow {
@@ -65,7 +64,6 @@ pub fn stream_request(addr: &str, chunks: u64, interval_ms: u64) -> Vec<u8> {
         ),
     )
 }
-
 
 /// "min–max" of a list of milliseconds.
 pub fn range_ms(values: &[f64]) -> String {
@@ -224,7 +222,10 @@ pub fn load(addr: &str, concurrency: usize, seconds: f64, watch: &[u32]) -> Load
 }
 
 /// One streaming request: (time to first `data:` bytes, arrival times of every event).
-pub fn stream_once(client: &mut Client, request: &[u8]) -> io::Result<(Duration, Vec<Instant>, bool)> {
+pub fn stream_once(
+    client: &mut Client,
+    request: &[u8],
+) -> io::Result<(Duration, Vec<Instant>, bool)> {
     let started = Instant::now();
     client.send(request)?;
     let mut body = Vec::new();
@@ -435,4 +436,3 @@ pub fn timed_request(addr: &str, model: &str) -> f64 {
     one_shot(addr, &chat(addr, model)).unwrap_or_else(|e| panic!("request for {model}: {e}"));
     started.elapsed().as_secs_f64() * 1e3
 }
-

@@ -269,7 +269,8 @@ fn read_request(
     };
     let head = &buf.data()[..head_len];
     let parsed = codec::parse_request_head(head).map_err(|e| bad(e.to_string()))?;
-    let text = |(start, end): (usize, usize)| String::from_utf8_lossy(&head[start..end]).into_owned();
+    let text =
+        |(start, end): (usize, usize)| String::from_utf8_lossy(&head[start..end]).into_owned();
     let mut req = Request {
         method: text(parsed.method),
         target: text(parsed.target),
@@ -277,12 +278,7 @@ fn read_request(
         headers: parsed
             .headers
             .iter()
-            .map(|h| {
-                (
-                    text(h.name).to_ascii_lowercase(),
-                    text(h.value),
-                )
-            })
+            .map(|h| (text(h.name).to_ascii_lowercase(), text(h.value)))
             .collect(),
         body: Vec::new(),
     };

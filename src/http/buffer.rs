@@ -158,3 +158,113 @@ pub fn read_body(
         buffer.consume(len);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::codec;
+
+    /// A reader that hands out its bytes `piece` at a time, like a socket with small reads.
+    struct Trickle<'a> {
+        bytes: &'a [u8],
+        piece: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let count = self.piece.min(out.len()).min(self.bytes.len());
+            out[..count].copy_from_slice(&self.bytes[..count]);
+            self.bytes = &self.bytes[count..];
+            Ok(count)
+        }
+    }
+
+    /// Reads every response on the stream: (status, body) each, or the first error's kind.
+    fn responses(wire: &[u8], piece: usize) -> Result<Vec<(u16, Vec<u8>)>, io::ErrorKind> {
+        let mut reader = Trickle { bytes: wire, piece };
+        // A small buffer, so that heads and lines also exercise growing and compaction.
+        let mut buffer = ReadBuffer::new(8);
+        let mut out = Vec::new();
+        loop {
+            let Some(head_len) = read_head(&mut buffer, &mut reader, 1024).map_err(|e| e.kind())?
+            else {
+                return Ok(out);
+            };
+            let head = codec::parse_response_head(&buffer.data()[..head_len])
+                .map_err(|e| codec_io_error(e).kind())?;
+            buffer.consume(head_len);
+            let mut decoder = Decoder::new(codec::response_framing(&head, false));
+            let mut body = Vec::new();
+            read_body(&mut buffer, &mut reader, &mut decoder, |piece| {
+                body.extend_from_slice(piece);
+                Ok(())
+            })
+            .map_err(|e| e.kind())?;
+            out.push((head.status, body));
+        }
+    }
+
+    #[test]
+    fn messages_are_read_back_to_back_whatever_the_read_sizes() {
+        let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello\
+HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;e=1\r\nabc\r\n2\r\nde\r\n0\r\nT: x\r\n\r\n\
+HTTP/1.1 204 No Content\r\n\r\n\
+HTTP/1.0 500 Oops\r\n\r\nuntil close";
+        let expected = vec![
+            (200, b"hello".to_vec()),
+            (200, b"abcde".to_vec()),
+            (204, Vec::new()),
+            (500, b"until close".to_vec()),
+        ];
+        for piece in [1, 2, 7, 64, 4096] {
+            assert_eq!(
+                responses(wire, piece),
+                Ok(expected.clone()),
+                "reads of {piece}"
+            );
+        }
+    }
+
+    #[test]
+    fn truncation_oversize_and_garbage_are_errors() {
+        type Case = (&'static [u8], io::ErrorKind);
+        let cases: Vec<Case> = vec![
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Le",
+                io::ErrorKind::UnexpectedEof,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort",
+                io::ErrorKind::UnexpectedEof,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+                io::ErrorKind::UnexpectedEof,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nxyz\r\n",
+                io::ErrorKind::InvalidData,
+            ),
+            (
+                b"\x00\xffTHIS IS NOT HTTP\r\n\r\n\x01garbage",
+                io::ErrorKind::InvalidData,
+            ),
+        ];
+        for (wire, kind) in cases {
+            for piece in [1, 5, 4096] {
+                assert_eq!(
+                    responses(wire, piece),
+                    Err(kind),
+                    "{}",
+                    String::from_utf8_lossy(wire)
+                );
+            }
+        }
+        let endless_head = [b'x'; 2000];
+        assert_eq!(
+            responses(&endless_head, 100),
+            Err(io::ErrorKind::InvalidData)
+        );
+        assert_eq!(responses(b"", 1), Ok(Vec::new()));
+    }
+}

@@ -235,7 +235,9 @@ pub fn parse_response_head(head: &[u8]) -> Result<ResponseHead, CodecError> {
     let status = status_line
         .get(9..12)
         .filter(|digits| digits.iter().all(u8::is_ascii_digit))
-        .map(|d| u16::from(d[0] - b'0') * 100 + u16::from(d[1] - b'0') * 10 + u16::from(d[2] - b'0'))
+        .map(|d| {
+            u16::from(d[0] - b'0') * 100 + u16::from(d[1] - b'0') * 10 + u16::from(d[2] - b'0')
+        })
         .filter(|status| *status >= 100)
         .ok_or(CodecError::Status)?;
     let facts = parse_headers(head, next)?;

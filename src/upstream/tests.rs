@@ -249,7 +249,8 @@ fn response_heads_parse() {
     assert_eq!(parsed.status, 404);
     assert!(parsed.keep_alive);
     assert_eq!(parsed.framing, Framing::Length(2));
-    let parsed = codec::parse_response_head(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n").unwrap();
+    let parsed =
+        codec::parse_response_head(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n").unwrap();
     assert!(!parsed.keep_alive);
     assert_eq!(parsed.framing, Framing::UntilClose);
     assert!(codec::parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").is_err());

@@ -39,13 +39,43 @@ fn decode(framing: Framing, input: &[u8], piece: usize) -> Result<(Vec<u8>, Vec<
 
 #[test]
 fn bodies_decode_the_same_whole_and_byte_by_byte() {
-    type Case = (&'static str, Framing, &'static [u8], Result<(&'static [u8], &'static [u8]), CodecError>);
+    type Case = (
+        &'static str,
+        Framing,
+        &'static [u8],
+        Result<(&'static [u8], &'static [u8]), CodecError>,
+    );
     let cases: Vec<Case> = vec![
-        ("length", Framing::Length(5), b"helloNEXT", Ok((b"hello", b"NEXT"))),
-        ("length zero", Framing::Length(0), b"NEXT", Ok((b"", b"NEXT"))),
-        ("length truncated", Framing::Length(10), b"short", Err(CodecError::Truncated)),
-        ("until close", Framing::UntilClose, b"rest of stream", Ok((b"rest of stream", b""))),
-        ("until close, empty", Framing::UntilClose, b"", Ok((b"", b""))),
+        (
+            "length",
+            Framing::Length(5),
+            b"helloNEXT",
+            Ok((b"hello", b"NEXT")),
+        ),
+        (
+            "length zero",
+            Framing::Length(0),
+            b"NEXT",
+            Ok((b"", b"NEXT")),
+        ),
+        (
+            "length truncated",
+            Framing::Length(10),
+            b"short",
+            Err(CodecError::Truncated),
+        ),
+        (
+            "until close",
+            Framing::UntilClose,
+            b"rest of stream",
+            Ok((b"rest of stream", b"")),
+        ),
+        (
+            "until close, empty",
+            Framing::UntilClose,
+            b"",
+            Ok((b"", b"")),
+        ),
         (
             "chunked",
             Framing::Chunked,
@@ -64,21 +94,75 @@ fn bodies_decode_the_same_whole_and_byte_by_byte() {
             b"A\nabcdefghij\nb\r\nklmnopqrstu\r\n0\n\n",
             Ok((b"abcdefghijklmnopqrstu", b"")),
         ),
-        ("empty chunked body", Framing::Chunked, b"0\r\n\r\n", Ok((b"", b""))),
-        ("chunked cut in a size line", Framing::Chunked, b"5\r\nhello\r\n1", Err(CodecError::Truncated)),
-        ("chunked cut in data", Framing::Chunked, b"5\r\nhel", Err(CodecError::Truncated)),
-        ("chunked cut before trailers end", Framing::Chunked, b"0\r\nT: 1\r\n", Err(CodecError::Truncated)),
-        ("chunked until close is truncated", Framing::Chunked, b"", Err(CodecError::Truncated)),
-        ("garbage size", Framing::Chunked, b"ZZ\r\nabc\r\n0\r\n\r\n", Err(CodecError::ChunkSize)),
-        ("empty size", Framing::Chunked, b"\r\nabc\r\n", Err(CodecError::ChunkSize)),
-        ("signed size", Framing::Chunked, b"+5\r\nhello\r\n0\r\n\r\n", Err(CodecError::ChunkSize)),
-        ("size overflow", Framing::Chunked, b"12345678901234567\r\n", Err(CodecError::ChunkSize)),
-        ("data longer than size", Framing::Chunked, b"2\r\nabc\r\n0\r\n\r\n", Err(CodecError::ChunkEnd)),
+        (
+            "empty chunked body",
+            Framing::Chunked,
+            b"0\r\n\r\n",
+            Ok((b"", b"")),
+        ),
+        (
+            "chunked cut in a size line",
+            Framing::Chunked,
+            b"5\r\nhello\r\n1",
+            Err(CodecError::Truncated),
+        ),
+        (
+            "chunked cut in data",
+            Framing::Chunked,
+            b"5\r\nhel",
+            Err(CodecError::Truncated),
+        ),
+        (
+            "chunked cut before trailers end",
+            Framing::Chunked,
+            b"0\r\nT: 1\r\n",
+            Err(CodecError::Truncated),
+        ),
+        (
+            "chunked until close is truncated",
+            Framing::Chunked,
+            b"",
+            Err(CodecError::Truncated),
+        ),
+        (
+            "garbage size",
+            Framing::Chunked,
+            b"ZZ\r\nabc\r\n0\r\n\r\n",
+            Err(CodecError::ChunkSize),
+        ),
+        (
+            "empty size",
+            Framing::Chunked,
+            b"\r\nabc\r\n",
+            Err(CodecError::ChunkSize),
+        ),
+        (
+            "signed size",
+            Framing::Chunked,
+            b"+5\r\nhello\r\n0\r\n\r\n",
+            Err(CodecError::ChunkSize),
+        ),
+        (
+            "size overflow",
+            Framing::Chunked,
+            b"12345678901234567\r\n",
+            Err(CodecError::ChunkSize),
+        ),
+        (
+            "data longer than size",
+            Framing::Chunked,
+            b"2\r\nabc\r\n0\r\n\r\n",
+            Err(CodecError::ChunkEnd),
+        ),
     ];
     for (name, framing, input, expected) in cases {
         let expected = expected.map(|(body, rest)| (body.to_vec(), rest.to_vec()));
         for piece in [input.len().max(1), 1, 3] {
-            assert_eq!(decode(framing, input, piece), expected, "{name}, pieces of {piece}");
+            assert_eq!(
+                decode(framing, input, piece),
+                expected,
+                "{name}, pieces of {piece}"
+            );
         }
     }
 }
@@ -110,7 +194,10 @@ fn a_partly_used_piece_stays_in_place() {
     let input = b"6\r\nabcdef\r\n0\r\n\r\n";
     assert_eq!(decoder.step(input), Ok(Step::Data { skip: 3, len: 6 }));
     decoder.consume(2);
-    assert_eq!(decoder.step(&input[5..]), Ok(Step::Data { skip: 0, len: 4 }));
+    assert_eq!(
+        decoder.step(&input[5..]),
+        Ok(Step::Data { skip: 0, len: 4 })
+    );
     decoder.consume(4);
     assert_eq!(decoder.step(&input[9..]), Ok(Step::Done { skip: 7 }));
     assert!(decoder.is_done());
@@ -120,26 +207,71 @@ fn a_partly_used_piece_stays_in_place() {
 fn response_heads_parse() {
     type Case = (&'static [u8], Result<(u16, bool, Framing), CodecError>);
     let cases: Vec<Case> = vec![
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", Ok((200, true, Framing::Length(5)))),
-        (b"HTTP/1.0 404 Not Found\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n", Ok((404, true, Framing::Length(2)))),
-        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n", Ok((200, false, Framing::Length(2)))),
-        (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", Ok((200, false, Framing::UntilClose))),
-        (b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, CLOSE\r\n\r\n", Ok((200, false, Framing::UntilClose))),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n", Ok((200, true, Framing::Chunked))),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", Ok((200, true, Framing::UntilClose))),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", Ok((200, true, Framing::Length(3)))),
-        (b"HTTP/1.1 204 No Content\nX: y\n\n", Ok((204, true, Framing::UntilClose))),
-        (b"HTTP/1.1 599\r\n\r\n", Ok((599, true, Framing::UntilClose))),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", Err(CodecError::ContentLength)),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", Err(CodecError::ContentLength)),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n", Err(CodecError::ContentLength)),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+            Ok((200, true, Framing::Length(5))),
+        ),
+        (
+            b"HTTP/1.0 404 Not Found\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n",
+            Ok((404, true, Framing::Length(2))),
+        ),
+        (
+            b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n",
+            Ok((200, false, Framing::Length(2))),
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n",
+            Ok((200, false, Framing::UntilClose)),
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, CLOSE\r\n\r\n",
+            Ok((200, false, Framing::UntilClose)),
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n",
+            Ok((200, true, Framing::Chunked)),
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            Ok((200, true, Framing::UntilClose)),
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            Ok((200, true, Framing::Length(3))),
+        ),
+        (
+            b"HTTP/1.1 204 No Content\nX: y\n\n",
+            Ok((204, true, Framing::UntilClose)),
+        ),
+        (
+            b"HTTP/1.1 599\r\n\r\n",
+            Ok((599, true, Framing::UntilClose)),
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            Err(CodecError::ContentLength),
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            Err(CodecError::ContentLength),
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
+            Err(CodecError::ContentLength),
+        ),
         (b"HTTP/1.1 2 OK\r\n\r\n", Err(CodecError::Status)),
         (b"HTTP/1.1 099 Low\r\n\r\n", Err(CodecError::Status)),
         (b"HTTP/1.1 +20 OK\r\n\r\n", Err(CodecError::Status)),
-        (b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n", Err(CodecError::HeaderLine)),
+        (
+            b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+            Err(CodecError::HeaderLine),
+        ),
         (b"HTTP/2 200\r\n\r\n", Err(CodecError::StartLine)),
         (b"SSH-2.0-OpenSSH\r\n\r\n", Err(CodecError::StartLine)),
-        (b"\x00\xffTHIS IS NOT HTTP\r\n\r\n", Err(CodecError::StartLine)),
+        (
+            b"\x00\xffTHIS IS NOT HTTP\r\n\r\n",
+            Err(CodecError::StartLine),
+        ),
         (b"", Err(CodecError::StartLine)),
     ];
     for (head, expected) in cases {
@@ -169,26 +301,59 @@ fn header_spans_point_at_trimmed_names_and_values() {
 
 #[test]
 fn request_heads_parse() {
-    type Case = (&'static [u8], Result<(&'static str, &'static str, u8, bool, Framing), CodecError>);
+    type Case = (
+        &'static [u8],
+        Result<(&'static str, &'static str, u8, bool, Framing), CodecError>,
+    );
     let cases: Vec<Case> = vec![
-        (b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", Ok(("GET", "/health", 1, true, Framing::Length(0)))),
-        (b"POST /v1/x?a=1 HTTP/1.1\r\nContent-Length: 7\r\n\r\n", Ok(("POST", "/v1/x?a=1", 1, true, Framing::Length(7)))),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", Ok(("POST", "/", 1, true, Framing::Chunked))),
-        (b"GET / HTTP/1.0\r\n\r\n", Ok(("GET", "/", 0, false, Framing::Length(0)))),
-        (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", Ok(("GET", "/", 0, true, Framing::Length(0)))),
-        (b"GET  /  HTTP/1.1\nConnection: close\n\n", Ok(("GET", "/", 1, false, Framing::Length(0)))),
+        (
+            b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+            Ok(("GET", "/health", 1, true, Framing::Length(0))),
+        ),
+        (
+            b"POST /v1/x?a=1 HTTP/1.1\r\nContent-Length: 7\r\n\r\n",
+            Ok(("POST", "/v1/x?a=1", 1, true, Framing::Length(7))),
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            Ok(("POST", "/", 1, true, Framing::Chunked)),
+        ),
+        (
+            b"GET / HTTP/1.0\r\n\r\n",
+            Ok(("GET", "/", 0, false, Framing::Length(0))),
+        ),
+        (
+            b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            Ok(("GET", "/", 0, true, Framing::Length(0))),
+        ),
+        (
+            b"GET  /  HTTP/1.1\nConnection: close\n\n",
+            Ok(("GET", "/", 1, false, Framing::Length(0))),
+        ),
         (b"GET /\r\n\r\n", Err(CodecError::StartLine)),
         (b"GET / HTTP/1.1 extra\r\n\r\n", Err(CodecError::StartLine)),
         (b"GET / SPDY/3\r\n\r\n", Err(CodecError::StartLine)),
-        (b"GET / HTTP/1.1\r\nbroken\r\n\r\n", Err(CodecError::HeaderLine)),
-        (b"POST / HTTP/1.1\r\nContent-Length: abc\r\n\r\n", Err(CodecError::ContentLength)),
+        (
+            b"GET / HTTP/1.1\r\nbroken\r\n\r\n",
+            Err(CodecError::HeaderLine),
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
+            Err(CodecError::ContentLength),
+        ),
     ];
     for (head, expected) in cases {
         let parsed = parse_request_head(head).map(|h| {
             let text = |(start, end): (usize, usize)| {
                 std::str::from_utf8(&head[start..end]).expect("ASCII")
             };
-            (text(h.method), text(h.target), h.minor, h.keep_alive, h.framing)
+            (
+                text(h.method),
+                text(h.target),
+                h.minor,
+                h.keep_alive,
+                h.framing,
+            )
         });
         assert_eq!(parsed, expected, "{}", String::from_utf8_lossy(head));
     }
@@ -253,7 +418,10 @@ fn heads_and_chunks_serialise() {
             ("Connection", "upgrade"),
         ];
         write_response_head(&mut out, status, &headers, framing, close);
-        assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(expected));
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(expected)
+        );
     }
 
     for (size, line) in [
