@@ -6,6 +6,9 @@
 //! `read` fills the spare tail, the codec looks at the filled part, and consumed bytes are
 //! only moved when a partial line or head has to make room for more.
 
+// No unsafe code here, although the `http` module as a whole allows it (for `TCP_INFO`).
+#![deny(unsafe_code)]
+
 use std::io::{self, Read};
 
 use super::codec::{CodecError, Decoder, Step};

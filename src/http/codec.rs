@@ -7,6 +7,9 @@
 //! bytes sit, so the upstream client, the fake upstream and the benchmarks' clients all decode in
 //! place in their own buffers. A head parser returns offsets into the head, not copies.
 
+// No unsafe code here, although the `http` module as a whole allows it (for `TCP_INFO`).
+#![deny(unsafe_code)]
+
 use std::fmt;
 
 /// The longest chunk-size, chunk-end or trailer line accepted.
