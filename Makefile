@@ -56,9 +56,13 @@ test: test-unit test-e2e test-ops
 # Tests that need a hook are reported as ignored in a plain `cargo test`.
 TEST_FEATURES ?= --features test-hooks
 
+# The daemon tests mostly wait on child processes, timers and sockets rather than the CPU, so
+# they run 8 at a time even on 2 cores (each has its own ports, temp dir and processes).
+TEST_THREADS ?= 8
+
 test-unit:
 	$(CARGO) build --bins $(TEST_FEATURES)
-	$(CARGO) test $(TEST_FEATURES)
+	$(CARGO) test $(TEST_FEATURES) -- --test-threads=$(TEST_THREADS)
 
 # The release binary with the test hooks (the multi-host e2e test shortens the peer check
 # interval); `make release` builds it again without them.

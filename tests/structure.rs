@@ -1,5 +1,7 @@
-//! The layering rule (ARCHITECTURE.md, "Dependencies"): the graph of which top-level module
-//! uses which has no cycle. Read from the source, no process started.
+//! The shape rules of the source, read from the files (no process started): the layering rule
+//! (ARCHITECTURE.md, "Module layering": the graph of which top-level module uses which has no
+//! cycle and goes downward only), the 800-line limit for source files outside tests and the
+//! vendored crate, and a leading `//!` line in every file under `src/`.
 //!
 //! Every `.rs` file under `src/` (except the vendored crate and `src/bin`) belongs to the
 //! top-level module its path starts with (`src/proxy/routes.rs` → `proxy`; `src/main.rs` is the
@@ -493,5 +495,130 @@ fn a_cycle_is_found_and_named() {
             "supervisor".to_string(),
             "proxy".to_string()
         ])
+    );
+}
+
+/// Issue #17's size rule: no Rust source file over this many lines outside tests and the
+/// vendored crate, in `src/` (with `src/bin/`) and `benches/`.
+const MAX_LINES: usize = 800;
+
+/// A file that holds only tests: `tests.rs`, `*_tests.rs`, or anything under a `tests/` folder.
+fn is_test_file(relative: &Path) -> bool {
+    let name = relative
+        .file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or("");
+    name == "tests.rs"
+        || name.ends_with("_tests.rs")
+        || relative
+            .parent()
+            .is_some_and(|dir| dir.components().any(|part| part.as_os_str() == "tests"))
+}
+
+/// Every non-test, non-vendored Rust file under `src/` and `benches/`, relative to the crate.
+fn source_files() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    rust_files(&root.join("benches"), &mut files);
+    let mut relative: Vec<PathBuf> = files
+        .iter()
+        .map(|path| {
+            path.strip_prefix(root)
+                .expect("under the crate")
+                .to_path_buf()
+        })
+        .filter(|path| !path.starts_with("src/vendor") && !is_test_file(path))
+        .collect();
+    relative.sort();
+    relative
+}
+
+fn read_source(relative: &Path) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn test_files_are_told_apart_from_source_files() {
+    for test_file in [
+        "src/config/tests/macros.rs",
+        "src/proxy/usage/tests.rs",
+        "src/supervisor/stale_tests.rs",
+    ] {
+        assert!(
+            is_test_file(Path::new(test_file)),
+            "{test_file} is a test file"
+        );
+    }
+    for source in [
+        "src/proxy/routes.rs",
+        "src/metrics/mod.rs",
+        "benches/proxy.rs",
+        "src/bin/fake-upstream.rs",
+    ] {
+        assert!(
+            !is_test_file(Path::new(source)),
+            "{source} is a source file"
+        );
+    }
+    let files = source_files();
+    assert!(
+        files.contains(&PathBuf::from("src/proxy/mod.rs")),
+        "{files:?}"
+    );
+    assert!(
+        files.contains(&PathBuf::from("benches/proxy.rs")),
+        "{files:?}"
+    );
+    assert!(
+        !files.iter().any(|file| file.starts_with("src/vendor")),
+        "{files:?}"
+    );
+}
+
+#[test]
+fn no_source_file_is_over_the_line_limit() {
+    let too_long: Vec<String> = source_files()
+        .iter()
+        .filter_map(|file| {
+            let lines = read_source(file).lines().count();
+            (lines > MAX_LINES).then(|| format!("{} ({lines} lines)", file.display()))
+        })
+        .collect();
+    assert!(
+        too_long.is_empty(),
+        "source files over {MAX_LINES} lines (split them by job; tests go in a sibling tests.rs):\n  {}",
+        too_long.join("\n  ")
+    );
+}
+
+#[test]
+fn every_source_file_starts_by_saying_what_it_owns() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    let silent: Vec<String> = files
+        .iter()
+        .map(|path| {
+            path.strip_prefix(root)
+                .expect("under the crate")
+                .to_path_buf()
+        })
+        .filter(|path| !path.starts_with("src/vendor"))
+        .filter(|path| {
+            let text = read_source(path);
+            let first = text
+                .lines()
+                .find(|line| !line.trim().is_empty())
+                .unwrap_or("");
+            !first.starts_with("//!")
+        })
+        .map(|path| path.display().to_string())
+        .collect();
+    assert!(
+        silent.is_empty(),
+        "files without a leading `//!` line:\n  {}",
+        silent.join("\n  ")
     );
 }
