@@ -362,32 +362,6 @@ fn inflight_events_and_cancel_cut_a_slow_stream() {
     );
 }
 
-/// Reads until swapd closes the connection (EOF or reset); a read timing out (the socket's
-/// timeout) means the connection was left open, and fails.
-fn read_to_close(client: &mut TcpStream) -> String {
-    let mut received = Vec::new();
-    let mut buffer = [0u8; 16384];
-    loop {
-        match client.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(n) => received.extend_from_slice(&buffer[..n]),
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                panic!(
-                    "the connection was not closed: {}",
-                    String::from_utf8_lossy(&received)
-                )
-            }
-            Err(_) => break,
-        }
-    }
-    String::from_utf8_lossy(&received).into_owned()
-}
-
 #[test]
 fn cancel_while_waiting_for_a_model_start() {
     // The model reports "loading" for a minute: the request waits for it.

@@ -483,3 +483,29 @@ pub fn simple_config(models: &[&str], extra_model_keys: &str, top: &str) -> Stri
     }
     config
 }
+
+/// Reads until swapd closes the connection (EOF or reset); a read timing out (the socket's
+/// timeout) means the connection was left open, and fails.
+pub fn read_to_close(client: &mut TcpStream) -> String {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 16384];
+    loop {
+        match client.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!(
+                    "the connection was not closed: {}",
+                    String::from_utf8_lossy(&received)
+                )
+            }
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&received).into_owned()
+}

@@ -633,27 +633,7 @@ fn shutdown_cuts_a_peer_stream_that_outlives_the_shutdown_timeout() {
     kill(front.pid(), libc::SIGTERM);
     // The rest of the stream: swapd must end it (EOF or reset) without the peer's last event;
     // a read that times out (the socket's 30 s) means it was left open.
-    let mut rest = Vec::new();
-    let mut buffer = [0u8; 4096];
-    loop {
-        match stream.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(read) => rest.extend_from_slice(&buffer[..read]),
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                panic!(
-                    "swapd left the stream open after its shutdown timeout: {}",
-                    String::from_utf8_lossy(&rest)
-                )
-            }
-            Err(_) => break,
-        }
-    }
-    let rest = String::from_utf8_lossy(&rest);
+    let rest = read_to_close(&mut stream);
     assert!(!rest.contains("[DONE]"), "{rest}");
     assert_eq!(front.terminate(), Some(0));
 }
