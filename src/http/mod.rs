@@ -9,6 +9,9 @@
 //! [`codec`]'s, shared with the upstream client, the fake upstream and the benchmarks;
 //! [`buffer`] feeds it from a socket.
 
+// Unsafe code only in `tcp_info` (getsockopt).
+#![deny(unsafe_code)]
+
 use std::io::{self, Write};
 use std::os::fd::RawFd;
 
@@ -237,6 +240,7 @@ pub fn send_text(request: tiny_http::Request, status: u16, text: &str) {
 }
 
 /// The kernel's TCP_INFO for a socket.
+#[allow(unsafe_code)]
 pub fn tcp_info(fd: RawFd) -> Option<libc::tcp_info> {
     // SAFETY: getsockopt writes at most `length` bytes into a zeroed tcp_info.
     unsafe {

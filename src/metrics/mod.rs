@@ -17,6 +17,10 @@
 //! Token counts arrive as a plain [`TokenUsage`]: the scanner that reads them from responses
 //! belongs to the proxy (`crate::proxy::usage`), so this module depends on nothing above it.
 
+// Unsafe code only in `procfs` (sysconf).
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)]
 mod procfs;
 mod prometheus;
 mod rows;

@@ -4,10 +4,14 @@
 //! asks the supervisor for a lease and forwards. Decisions live elsewhere: parsing and rewriting
 //! in [`extract`], scheduling in the supervisor, streaming in [`forward`].
 
+// Unsafe code only in the two socket calls below and `origin` (gethostname).
+#![deny(unsafe_code)]
+
 pub mod extract;
 pub mod forward;
 pub mod guard;
 pub mod hooks;
+#[allow(unsafe_code)]
 pub mod origin;
 pub mod peers;
 mod routes;
@@ -212,6 +216,7 @@ pub fn bind(address: &str) -> std::io::Result<TcpListener> {
 /// accept queue, so that a burst of thousands of connects is neither refused nor left waiting
 /// for a SYN retry (std's `TcpListener::bind` asks for 128). Idle and slow clients are handled
 /// by [`guard::ConnectionGuard`], not by a socket read timeout (see there why).
+#[allow(unsafe_code)]
 pub fn prepare_listener(listener: &TcpListener) -> std::io::Result<()> {
     let fd = listener.as_raw_fd();
     let one: libc::c_int = 1;
@@ -305,6 +310,7 @@ fn handle_one(app: &App, connection: &guard::Registration, request: tiny_http::R
 /// socket down would break it for the next swapd too, since systemd holds the same socket.
 /// The caller has ended the accept loop another way, and new connections wait in the
 /// socket's queue for the next instance.
+#[allow(unsafe_code)]
 pub fn stop_accepting(app: &App, listener_fd: Option<RawFd>, deadline: Instant) {
     app.shutting_down.store(true, Ordering::SeqCst);
     app.guard.stop();
