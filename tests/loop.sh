@@ -11,12 +11,15 @@
 #
 # The load: a clone of this tree's HEAD in a temp dir, built in a loop with
 # `nice -n 0 cargo build --release -j 2` into its own CARGO_TARGET_DIR, its sources touched
-# between builds so that it never stops compiling. It and each `make test` run in their own
+# between builds so that it never stops compiling. The load build uses 16 codegen units and no
+# LTO (the release profile's single codegen unit would compile swapd on one core): rustc then
+# keeps both of its 2 job slots busy. It and each `make test` run in their own
 # process groups, stopped by those groups' ids when the script ends, fails or is interrupted
 # (Ctrl-C, SIGTERM).
 #
 # For each run the summary (stdout and DIR/summary.txt) gives the start time, duration,
-# result, the load average at the start and at the end, and the names of the tests that failed
+# result, the load average at the start and at the end, how busy the CPUs were over the run
+# (from /proc/stat: 100 % = every core busy the whole time), and the names of the tests that failed
 # (found in the run's log). Exits non-zero if any run failed.
 set -uo pipefail
 
@@ -30,7 +33,7 @@ while [[ $# -gt 0 ]]; do
     --keep-going) KEEP_GOING=1; shift ;;
     --no-load) LOAD=0; shift ;;
     --log-dir) LOG_DIR="${2:?--log-dir needs a directory}"; shift 2 ;;
-    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
     *)
       if [[ "$1" =~ ^[0-9]+$ ]]; then RUNS="$1"; shift
       else echo "loop.sh: unknown argument $1 (see --help)" >&2; exit 2; fi ;;
@@ -83,6 +86,8 @@ trap 'echo "loop.sh: interrupted" >&2; exit 130' INT TERM
 
 say() { echo "$*" | tee -a "$SUMMARY"; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+# "busy idle" jiffies summed over all CPUs (idle includes iowait).
+cpu_ticks() { awk '/^cpu /{idle=$5+$6; busy=$2+$3+$4+$7+$8+$9; print busy, idle}' /proc/stat; }
 
 say "loop.sh: $RUNS run(s) of make test in $REPO at $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (with uncommitted changes)'); logs in $LOG_DIR"
 
@@ -95,7 +100,8 @@ if [[ $LOAD -eq 1 ]]; then
     cd "$1/tree"
     export CARGO_TARGET_DIR="$1/target"
     while :; do
-      nice -n 0 cargo build --release -j 2 --quiet >>"$1/build.log" 2>&1
+      CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_LTO=false \
+        nice -n 0 cargo build --release -j 2 --quiet >>"$1/build.log" 2>&1
       find src -name "*.rs" -exec touch {} +
     done' load-loop "$LOAD_DIR" </dev/null >/dev/null 2>&1 &
   LOAD_PGID=$!
@@ -108,6 +114,7 @@ for run in $(seq 1 "$RUNS"); do
   started_at="$(date '+%Y-%m-%d %H:%M:%S')"
   load_before="$(loadavg)"
   began=$SECONDS
+  read -r busy_before idle_before < <(cpu_ticks)
   # In its own process group (so that an interrupt stops all of it), waited for with `wait`,
   # which a signal interrupts at once.
   setsid make test >"$log" 2>&1 </dev/null &
@@ -115,7 +122,9 @@ for run in $(seq 1 "$RUNS"); do
   if wait "$RUN_PGID"; then result=PASS; else result=FAIL; fi
   RUN_PGID=""
   took=$((SECONDS - began))
-  line="run $run/$RUNS: started $started_at, ${took}s, $result, load $load_before -> $(loadavg)"
+  read -r busy_after idle_after < <(cpu_ticks)
+  busy=$(( (busy_after - busy_before) * 100 / (busy_after - busy_before + idle_after - idle_before + 1) ))
+  line="run $run/$RUNS: started $started_at, ${took}s, $result, load $load_before -> $(loadavg), CPUs ${busy}% busy"
   if [[ $result == FAIL ]]; then
     failures=$((failures + 1))
     # cargo test's failed tests, unittest's FAIL/ERROR lines, the scripts' FAIL lines, and
