@@ -597,6 +597,89 @@ impl Body<'_> {
     }
 }
 
+/// A body's connection and decoder, lent to a thread that reads the body without blocking (the
+/// proxy's relay, which moves established streams with epoll) and given back with
+/// [`Body::restore`] before the body is dropped, so that a body read to its end still returns
+/// its connection to the pool. Decoding and its errors are the same as [`Body::chunk`]'s.
+pub struct Lent {
+    connection: Option<Connection>,
+    decoder: Decoder,
+    until_close: bool,
+}
+
+impl Lent {
+    /// The upstream socket (`None` once it was closed), for readiness polling.
+    pub fn socket(&self) -> Option<&TcpStream> {
+        self.connection.as_ref().map(|connection| &connection.stream)
+    }
+
+    /// The next decoded piece of the body, empty at its end, or a `WouldBlock` error when the
+    /// socket has nothing more yet (the socket is in non-blocking mode while lent).
+    pub fn chunk(&mut self) -> io::Result<&[u8]> {
+        let Some(connection) = self.connection.as_mut() else {
+            return if self.decoder.is_done() {
+                Ok(&[])
+            } else {
+                Err(truncated())
+            };
+        };
+        match buffer::next_body_piece(
+            &mut connection.buffer,
+            &mut &connection.stream,
+            &mut self.decoder,
+        ) {
+            Ok(0) if self.until_close => {
+                self.connection = None;
+                Ok(&[])
+            }
+            Ok(available) => Ok(match &self.connection {
+                Some(connection) => &connection.buffer.data()[..available],
+                None => &[],
+            }),
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
+                self.connection = None;
+                Err(truncated())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Marks `count` bytes of the last [`Lent::chunk`] as used.
+    pub fn consume(&mut self, count: usize) {
+        self.decoder.consume(count);
+        if let Some(connection) = self.connection.as_mut() {
+            connection.buffer.consume(count);
+        }
+    }
+}
+
+impl Body<'_> {
+    /// Lends the connection and the decoder (the socket switched to non-blocking mode) until
+    /// [`Body::restore`]; `None` when the connection is already closed or given back.
+    pub fn lend(&mut self) -> Option<Lent> {
+        let connection = self.connection.take()?;
+        if connection.stream.set_nonblocking(true).is_err() {
+            self.connection = Some(connection);
+            return None;
+        }
+        Some(Lent {
+            connection: Some(connection),
+            decoder: self.decoder.clone(),
+            until_close: self.until_close,
+        })
+    }
+
+    /// Takes back what [`Body::lend`] lent, with the socket blocking again (a socket that
+    /// cannot be switched back is closed rather than pooled).
+    pub fn restore(&mut self, lent: Lent) {
+        self.decoder = lent.decoder;
+        self.connection = lent
+            .connection
+            .filter(|connection| connection.stream.set_nonblocking(false).is_ok());
+        // The connection goes back to the pool when the body is dropped (see `available`).
+    }
+}
+
 fn truncated() -> io::Error {
     io::Error::new(
         io::ErrorKind::UnexpectedEof,

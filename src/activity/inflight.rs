@@ -42,7 +42,8 @@ pub struct Entry {
     /// lines are redacted on display.
     outgoing: Outgoing,
     remote: Option<SocketAddr>,
-    bytes: AtomicU64,
+    /// Shared with the proxy's relay thread while it moves the response (see `byte_counter`).
+    bytes: Arc<AtomicU64>,
     cancelled: AtomicBool,
     /// A duplicate of the upstream connection's socket while the response is read.
     upstream: Mutex<Option<TcpStream>>,
@@ -57,6 +58,12 @@ impl Entry {
     /// Counts response bytes sent to the client.
     pub fn add_bytes(&self, count: u64) {
         self.bytes.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// The response byte counter itself, for a thread that sends the response on this
+    /// request's behalf (the proxy's relay) and counts as it goes.
+    pub fn byte_counter(&self) -> Arc<AtomicU64> {
+        self.bytes.clone()
     }
 
     pub fn bytes(&self) -> u64 {
@@ -171,7 +178,7 @@ impl Inflight {
             model: model.to_string(),
             outgoing,
             remote,
-            bytes: AtomicU64::new(0),
+            bytes: Arc::new(AtomicU64::new(0)),
             cancelled: AtomicBool::new(false),
             upstream: Mutex::new(None),
         });

@@ -80,6 +80,12 @@ impl ResponseWriter {
         writer.finish()
     }
 
+    /// Whether the body goes out chunked (not `Content-Length`, not a HEAD answer): a relay
+    /// that writes the rest of the body straight to the socket frames it the same way.
+    pub fn is_chunked(&self) -> bool {
+        self.chunked && !self.head_only
+    }
+
     /// Writes one piece of the body and flushes it to the client at once.
     pub fn write_chunk(&mut self, data: &[u8]) -> io::Result<()> {
         if self.head_only {

@@ -281,9 +281,31 @@ pub fn forward_to(
     let mut reader = response.into_body();
     let mut bytes = 0u64;
     let started = Instant::now();
+    // A plain pass-through stream is moved by the relay thread (one wake-up per stream, not
+    // per event); it hands back how the body ended, which the loop below then handles as if
+    // it had read it itself (see relay.rs).
+    let mut relay_end = None;
+    if status == 200 && is_sse && content_length.is_none() && writer.is_chunked() {
+        if let Some(relayed) =
+            super::relay::relay_body(client, &mut reader, &mut scanner, tracked, upstream_timeout)
+        {
+            bytes = relayed.bytes;
+            time_to_first_token = relayed.first_byte.map(|at| at.duration_since(sent_at));
+            relay_end = Some(relayed.end);
+        }
+    }
     loop {
         // The body is written from the upstream connection's own buffer: no copy here.
-        match reader.chunk() {
+        let next = match relay_end.take() {
+            Some(super::relay::End::ClientLeft) => {
+                log::debug!(model = model; "client left during the response from '{model}'");
+                break;
+            }
+            Some(super::relay::End::Upstream(error)) => Err(error),
+            // The body's end is still there for the loop to read.
+            Some(super::relay::End::Complete) | None => reader.chunk(),
+        };
+        match next {
             Ok([]) if tracked.is_cancelled() => {
                 // A cancel shut the socket down: for a body read until close, that looks
                 // like its end, but the client must see the response cut.

@@ -14,6 +14,7 @@ pub mod hooks;
 #[allow(unsafe_code)]
 pub mod origin;
 pub mod peers;
+pub mod relay;
 mod routes;
 pub mod routing;
 mod ui_api;
