@@ -503,6 +503,7 @@ fn main() {
         "| N | idle: open time | failed | swapd CPU idle | c=1 p50 / p99 none (µs) | c=1 p50 / p99 with N (µs) | p99 ratio | threads | RSS | RSS per conn | peak RSS | streams direct: wall | failed | streams via swapd: opened in | wall | failed | max threads | peak RSS | CPU s: swapd / upstream / others |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut per_event = Vec::new();
     for &n in &ns {
         // For profiling, `SWAPD_SCALE_STREAMS_ONLY=1` skips the idle phase (its columns print 0).
         let idle = if std::env::var_os("SWAPD_SCALE_STREAMS_ONLY").is_some() {
@@ -538,6 +539,19 @@ fn main() {
             streams.cpu_upstream,
             streams.cpu_foreign,
         );
+        // Per relayed event: each stream's 31 timed events (the last carries the final event,
+        // `[DONE]` and the terminating chunk with it).
+        let events = (n as u64 * STREAM_CHUNKS) as f64;
+        per_event.push(format!(
+            "streams N = {n}: CPU per relayed event: swapd {:.1} µs, fixture {:.1} µs ({} events)",
+            streams.cpu_swapd * 1e6 / events,
+            streams.cpu_upstream * 1e6 / events,
+            events
+        ));
+    }
+    println!();
+    for line in &per_event {
+        println!("{line}");
     }
     println!();
     println!("scale: load average at the end {}", load_average());

@@ -610,7 +610,9 @@ pub struct Lent {
 impl Lent {
     /// The upstream socket (`None` once it was closed), for readiness polling.
     pub fn socket(&self) -> Option<&TcpStream> {
-        self.connection.as_ref().map(|connection| &connection.stream)
+        self.connection
+            .as_ref()
+            .map(|connection| &connection.stream)
     }
 
     /// The next decoded piece of the body, empty at its end, or a `WouldBlock` error when the

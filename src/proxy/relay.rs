@@ -135,15 +135,21 @@ impl Relay {
     }
 
     /// The process's relay, started on first use; `None` if it could not be started (the
-    /// connection threads then move the bytes themselves, as they always could).
+    /// connection threads then move the bytes themselves, as they always could). The scale
+    /// benchmark turns it off with `SWAPD_BENCH_NO_RELAY=1` to compare both paths in one build.
     pub fn shared() -> Option<&'static Relay> {
         static RELAY: OnceLock<Option<Relay>> = OnceLock::new();
         RELAY
-            .get_or_init(|| match Relay::start() {
+            .get_or_init(|| {
+                if std::env::var_os("SWAPD_BENCH_NO_RELAY").is_some() {
+                    return None;
+                }
+                match Relay::start() {
                 Ok(relay) => Some(relay),
                 Err(error) => {
                     log::warn!("cannot start the stream relay thread ({error}); streams are relayed by their connection threads");
                     None
+                }
                 }
             })
             .as_ref()
@@ -502,7 +508,13 @@ impl Worker {
         };
         self.free.push(slot);
         // Removing a descriptor that was never added fails harmlessly.
-        let _ = control(&self.epoll, libc::EPOLL_CTL_DEL, stream.client.as_raw_fd(), 0, 0);
+        let _ = control(
+            &self.epoll,
+            libc::EPOLL_CTL_DEL,
+            stream.client.as_raw_fd(),
+            0,
+            0,
+        );
         if let Some(fd) = stream.upstream_fd {
             // The upstream socket may have been closed by the decoder at its end (until-close
             // bodies, truncation): then it already left the interest list with its last
