@@ -534,3 +534,6 @@ impl Worker {
         });
     }
 }
+
+#[cfg(test)]
+mod tests;
