@@ -337,10 +337,20 @@ struct Worker {
     incoming: Receiver<Job>,
     streams: Vec<Option<Stream>>,
     free: Vec<usize>,
-    /// (deadline, slot): at most one per stream, checked when it comes up (lazily: a stream
-    /// that moved data since just gets its next one).
+    /// (deadline, slot), checked when it comes up (lazily: a stream that moved data since just
+    /// gets its next one).
     deadlines: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Per slot, the time of its entry in `deadlines` that counts (`None`: none). A slot has
+    /// one entry, or two while a stream with a shorter timeout took it over; an entry whose
+    /// time is not this one is stale and skipped. So the heap never holds more than about two
+    /// entries per slot, however many streams came and went.
+    queued: Vec<Option<Instant>>,
+    /// Output buffers of ended streams, for the next ones (no allocation per stream).
+    spare: Vec<Vec<u8>>,
 }
+
+/// Spare output buffers kept at most.
+const SPARE_BUFFERS: usize = 64;
 
 impl Worker {
     fn new(epoll: OwnedFd, wake: Arc<OwnedFd>, incoming: Receiver<Job>) -> Worker {
@@ -351,6 +361,8 @@ impl Worker {
             streams: Vec::new(),
             free: Vec::new(),
             deadlines: BinaryHeap::new(),
+            queued: Vec::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -408,6 +420,7 @@ impl Worker {
     fn add(&mut self, job: Job, now: Instant) {
         let slot = self.free.pop().unwrap_or_else(|| {
             self.streams.push(None);
+            self.queued.push(None);
             self.streams.len() - 1
         });
         let Job { handoff, done } = job;
@@ -420,7 +433,7 @@ impl Worker {
             counter: handoff.counter,
             read_timeout: handoff.read_timeout,
             done,
-            out: Vec::new(),
+            out: self.spare.pop().unwrap_or_default(),
             written: 0,
             bytes: 0,
             first_byte: None,
@@ -453,9 +466,10 @@ impl Worker {
             log::warn!("cannot relay a stream: {error}");
             stream.ending = Some(End::Upstream(error));
         }
+        let deadline = stream.deadline();
         self.streams[slot] = Some(stream);
-        if let Some(at) = self.streams[slot].as_ref().and_then(Stream::deadline) {
-            self.deadlines.push(Reverse((at, slot)));
+        if let Some(at) = deadline {
+            self.queue(slot, at);
         }
         // The lent buffer may already hold body bytes.
         self.pump(slot, now);
@@ -471,13 +485,27 @@ impl Worker {
         }
     }
 
+    /// Queues a look at `slot` at `at`, unless an earlier one is queued already.
+    fn queue(&mut self, slot: usize, at: Instant) {
+        if self.queued[slot].is_some_and(|queued| queued <= at) {
+            return;
+        }
+        self.queued[slot] = Some(at);
+        self.deadlines.push(Reverse((at, slot)));
+    }
+
     /// Ends the streams whose upstream stayed silent past the read timeout.
     fn expire(&mut self, now: Instant) {
         while let Some(Reverse((at, slot))) = self.deadlines.peek().copied() {
             if at > now {
-                return;
+                break;
             }
             self.deadlines.pop();
+            if self.queued[slot] != Some(at) {
+                // Superseded by an earlier entry for this slot.
+                continue;
+            }
+            self.queued[slot] = None;
             let Some(stream) = self.streams.get_mut(slot).and_then(Option::as_mut) else {
                 continue;
             };
@@ -496,8 +524,13 @@ impl Worker {
                 now.checked_add(stream.read_timeout)
             };
             if let Some(next) = next {
-                self.deadlines.push(Reverse((next.max(now), slot)));
+                self.queue(slot, next.max(now));
             }
+        }
+        // Give back the heap's memory after a burst has drained.
+        if self.deadlines.capacity() > 1024 && self.deadlines.len() < self.deadlines.capacity() / 4
+        {
+            self.deadlines.shrink_to(self.deadlines.len() * 2);
         }
     }
 
@@ -525,6 +558,11 @@ impl Worker {
         }
         let _ = stream.client.set_nonblocking(false);
         drop(stream.client);
+        if self.spare.len() < SPARE_BUFFERS && stream.out.capacity() <= MAX_PENDING * 2 {
+            let mut out = stream.out;
+            out.clear();
+            self.spare.push(out);
+        }
         let _ = stream.done.send(Relayed {
             end,
             upstream: Some(stream.upstream),
