@@ -662,7 +662,11 @@ impl Ord for Tick {
 }
 
 struct TimedStream {
-    socket: TcpStream,
+    /// The connection's socket, borrowed: its thread blocks in `Ticker::run` until `done`
+    /// has been sent, so the descriptor stays open (and is used by nobody else) until then.
+    /// Writing through the descriptor rather than a duplicate keeps a stream at one
+    /// descriptor, as the thread loop was (the scale benchmark runs near the limit).
+    socket: std::os::fd::RawFd,
     model: String,
     n: u64,
     interval: Duration,
@@ -703,13 +707,9 @@ impl Ticker {
         interval: Duration,
         started: Instant,
     ) -> io::Result<()> {
-        let socket = w.try_clone()?;
-        // Shared with `w` (one open file): the connection thread does no I/O until the
-        // ticker reports, and the ticker sets it back before it does.
-        socket.set_nonblocking(true)?;
         let (done, finished) = std::sync::mpsc::channel();
         let stream = TimedStream {
-            socket,
+            socket: std::os::fd::AsRawFd::as_raw_fd(&*w),
             model: model.to_string(),
             n,
             interval,
@@ -719,11 +719,10 @@ impl Ticker {
             done,
         };
         self.push(started, Box::new(stream));
-        let result = finished
+        // `w` stays borrowed (open, unused here) until the ticker is done with it.
+        finished
             .recv()
-            .unwrap_or_else(|_| Err(io::Error::other("the ticker stopped")));
-        w.set_nonblocking(false)?;
-        result
+            .unwrap_or_else(|_| Err(io::Error::other("the ticker stopped")))
     }
 
     fn push(&self, due: Instant, stream: Box<TimedStream>) {
@@ -787,7 +786,23 @@ impl TimedStream {
             }
         }
         while !self.pending.is_empty() {
-            match (&self.socket).write(&self.pending) {
+            // SAFETY: the descriptor is open (see `socket`), and send reads at most
+            // `pending.len()` bytes from the vector. MSG_DONTWAIT: a full socket is retried
+            // later instead of holding up the other streams.
+            let sent = unsafe {
+                libc::send(
+                    self.socket,
+                    self.pending.as_ptr() as *const libc::c_void,
+                    self.pending.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            let result = if sent < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(sent as usize)
+            };
+            match result {
                 Ok(0) => return self.end(Err(io::ErrorKind::WriteZero.into())),
                 Ok(written) => {
                     self.pending.drain(..written);

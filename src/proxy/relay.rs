@@ -5,8 +5,8 @@
 //! response head, sends the client its head, and only then hands the rest of a plain
 //! pass-through stream (a 200 `text/event-stream` body, chunked to the client) to this thread,
 //! with everything it needs to keep the per-stream bookkeeping as it goes: the upstream body's
-//! socket, buffered bytes and decoder ([`crate::upstream::Lent`]), a duplicate of the client's
-//! socket, the token-usage scanner and the in-flight entry's byte counter. The connection thread
+//! socket, buffered bytes and decoder ([`crate::upstream::Lent`]), the client connection's
+//! handle, the token-usage scanner and the in-flight entry's byte counter. The connection thread
 //! then blocks on a channel until the relay reports how the stream ended ([`Relayed`]), and goes
 //! on exactly as if it had moved the bytes itself (the ending, the lease, the activity row,
 //! metrics, keep-alive are all still its own: see `forward::forward_to`). One wake-up per
@@ -79,14 +79,39 @@ pub struct Relayed {
 /// One stream handed to the relay.
 pub struct Handoff {
     pub upstream: Lent,
-    /// A duplicate of the client's socket; the relay switches it (and so the original, which
-    /// shares its file status flags) to non-blocking mode and back before it reports.
-    pub client: TcpStream,
+    /// The client's socket; the relay switches it to non-blocking mode and back before it
+    /// reports.
+    pub client: ClientEnd,
     pub scanner: Option<UsageScanner>,
     /// The in-flight entry's response byte counter.
     pub counter: Arc<AtomicU64>,
     /// How long the upstream may stay silent while the relay waits for it.
     pub read_timeout: Duration,
+}
+
+/// The client's socket as the relay holds it: the connection's own handle, which keeps the
+/// socket open without a second descriptor (a burst of streams near the descriptor limit must
+/// not need more than the thread path did), or a socket of its own (tests).
+pub enum ClientEnd {
+    Handle(tiny_http::ConnectionHandle),
+    Socket(TcpStream),
+}
+
+impl ClientEnd {
+    /// The handle of a TCP connection (`None` for a Unix socket).
+    pub fn from_handle(handle: &tiny_http::ConnectionHandle) -> Option<ClientEnd> {
+        handle.tcp_stream()?;
+        Some(ClientEnd::Handle(handle.clone()))
+    }
+
+    fn stream(&self) -> &TcpStream {
+        match self {
+            ClientEnd::Handle(handle) => handle
+                .tcp_stream()
+                .expect("only TCP handles are made into a ClientEnd"),
+            ClientEnd::Socket(socket) => socket,
+        }
+    }
 }
 
 /// A handoff with the channel its report goes back on.
@@ -180,7 +205,7 @@ pub fn relay_body(
     read_timeout: Duration,
 ) -> Option<Relayed> {
     let relay = Relay::shared()?;
-    let client = client.socket.as_ref()?.tcp_stream()?.try_clone().ok()?;
+    let client = ClientEnd::from_handle(client.socket.as_ref()?)?;
     let upstream = body.lend()?;
     let mut relayed = relay.run(Handoff {
         upstream,
@@ -232,7 +257,7 @@ struct Stream {
     /// The upstream descriptor as registered (the socket is closed only when `upstream` is
     /// dropped or given back, after it was deregistered).
     upstream_fd: Option<RawFd>,
-    client: TcpStream,
+    client: ClientEnd,
     scanner: Option<UsageScanner>,
     counter: Arc<AtomicU64>,
     read_timeout: Duration,
@@ -304,7 +329,7 @@ impl Stream {
     /// Writes pending output until it is all written or the client's socket is full.
     fn flush(&mut self) -> io::Result<()> {
         while self.written < self.out.len() {
-            match (&self.client).write(&self.out[self.written..]) {
+            match self.client.stream().write(&self.out[self.written..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(count) => self.written += count,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -441,11 +466,11 @@ impl Worker {
             waiting_since: now,
         };
         let edge = libc::EPOLLET as u32;
-        let registered = stream.client.set_nonblocking(true).and_then(|()| {
+        let registered = stream.client.stream().set_nonblocking(true).and_then(|()| {
             control(
                 &self.epoll,
                 libc::EPOLL_CTL_ADD,
-                stream.client.as_raw_fd(),
+                stream.client.stream().as_raw_fd(),
                 libc::EPOLLOUT as u32 | edge,
                 slot as u64,
             )
@@ -544,7 +569,7 @@ impl Worker {
         let _ = control(
             &self.epoll,
             libc::EPOLL_CTL_DEL,
-            stream.client.as_raw_fd(),
+            stream.client.stream().as_raw_fd(),
             0,
             0,
         );
@@ -556,7 +581,7 @@ impl Worker {
                 let _ = control(&self.epoll, libc::EPOLL_CTL_DEL, fd, 0, 0);
             }
         }
-        let _ = stream.client.set_nonblocking(false);
+        let _ = stream.client.stream().set_nonblocking(false);
         drop(stream.client);
         if self.spare.len() < SPARE_BUFFERS && stream.out.capacity() <= MAX_PENDING * 2 {
             let mut out = stream.out;

@@ -73,7 +73,7 @@ fn relay(
     let upstream = body.lend().expect("the body's connection is open");
     let handoff = Handoff {
         upstream,
-        client,
+        client: ClientEnd::Socket(client),
         scanner: Some(UsageScanner::new(true)),
         counter: counter.clone(),
         read_timeout,
