@@ -321,7 +321,7 @@ impl Client {
         };
         let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no address resolved");
         for (index, address) in addresses.iter().enumerate() {
-            match TcpStream::connect_timeout(address, connect_timeout) {
+            match connect_waiting_for_descriptors(address, connect_timeout) {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
                     // The address that answered goes first next time.
@@ -354,6 +354,27 @@ impl Client {
             .expect("the address cache lock is never held across a panic")
             .remove(authority);
         Err(UpstreamError::Connect(last_error))
+    }
+}
+
+/// Connects to `address`, waiting (within the connect timeout) while the process is out of
+/// descriptors: in a burst of streams near the descriptor limit, descriptors come free as
+/// streams end, and a request that can wait for one should not fail with a 502.
+fn connect_waiting_for_descriptors(
+    address: &SocketAddr,
+    connect_timeout: Duration,
+) -> io::Result<TcpStream> {
+    let deadline = Instant::now() + connect_timeout;
+    loop {
+        match TcpStream::connect_timeout(address, connect_timeout) {
+            Err(error)
+                if matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
     }
 }
 

@@ -261,8 +261,8 @@ fn bad(msg: impl Into<String>) -> io::Error {
 /// Reads the next request; `Ok(None)` when the client closed the connection between requests.
 fn read_request(
     buf: &mut ReadBuffer,
-    r: &mut TcpStream,
-    w: &mut TcpStream,
+    r: &mut &TcpStream,
+    w: &mut &TcpStream,
 ) -> io::Result<Option<Request>> {
     let Some(head_len) = buffer::read_head(buf, r, MAX_HEAD)? else {
         return Ok(None);
@@ -306,7 +306,7 @@ fn read_request(
 
 /// Writes a complete response with a Content-Length body in one write.
 fn respond(
-    w: &mut TcpStream,
+    w: &mut &TcpStream,
     status: u16,
     ctype: &str,
     body: &[u8],
@@ -317,7 +317,7 @@ fn respond(
 
 /// [`respond`] with any headers.
 fn respond_with(
-    w: &mut TcpStream,
+    w: &mut &TcpStream,
     status: u16,
     headers: &[(&str, &str)],
     body: &[u8],
@@ -336,7 +336,7 @@ fn respond_with(
     w.flush()
 }
 
-fn respond_json(w: &mut TcpStream, status: u16, v: &Value, close: bool) -> io::Result<()> {
+fn respond_json(w: &mut &TcpStream, status: u16, v: &Value, close: bool) -> io::Result<()> {
     respond(
         w,
         status,
@@ -347,7 +347,7 @@ fn respond_json(w: &mut TcpStream, status: u16, v: &Value, close: bool) -> io::R
 }
 
 /// Starts a chunked response; every `chunk` call is one flushed HTTP chunk.
-fn start_chunked(w: &mut TcpStream, ctype: &str) -> io::Result<()> {
+fn start_chunked(w: &mut &TcpStream, ctype: &str) -> io::Result<()> {
     let mut head = Vec::with_capacity(256);
     codec::write_response_head(
         &mut head,
@@ -360,14 +360,14 @@ fn start_chunked(w: &mut TcpStream, ctype: &str) -> io::Result<()> {
     w.flush()
 }
 
-fn chunk(w: &mut TcpStream, data: &[u8]) -> io::Result<()> {
+fn chunk(w: &mut &TcpStream, data: &[u8]) -> io::Result<()> {
     let mut out = Vec::with_capacity(data.len() + 24);
     codec::encode_chunk(&mut out, data);
     w.write_all(&out)?;
     w.flush()
 }
 
-fn end_chunked(w: &mut TcpStream) -> io::Result<()> {
+fn end_chunked(w: &mut &TcpStream) -> io::Result<()> {
     w.write_all(codec::LAST_CHUNK)?;
     w.flush()
 }
@@ -384,8 +384,11 @@ fn usage(n: u64) -> Value {
 /// Serves requests on one connection until either side closes it.
 fn serve_connection(stream: TcpStream, opts: &Opts, started: Instant) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let mut w = stream.try_clone()?;
-    let mut r = stream;
+    // Reading and writing through one descriptor (`&TcpStream` is both `Read` and `Write`):
+    // a connection costs the fixture one descriptor, so a burst of thousands of streams (the
+    // scale benchmark, near the descriptor limit) is not refused here.
+    let mut w = &stream;
+    let mut r = &stream;
     let mut buf = ReadBuffer::new(16 * 1024);
     loop {
         let req = match read_request(&mut buf, &mut r, &mut w) {
@@ -463,7 +466,7 @@ fn wait_for_gate(path: &str) {
 }
 
 /// Answers one request; returns whether the connection may be reused.
-fn handle(req: &Request, w: &mut TcpStream, opts: &Opts, started: Instant) -> io::Result<bool> {
+fn handle(req: &Request, w: &mut &TcpStream, opts: &Opts, started: Instant) -> io::Result<bool> {
     let close = req.wants_close();
     let path = req.path();
     if req.method != "POST" {
@@ -701,7 +704,7 @@ impl Ticker {
     /// `w`, whose head is already out, and returns when they have all been written.
     fn run(
         &self,
-        w: &mut TcpStream,
+        w: &mut &TcpStream,
         model: &str,
         n: u64,
         interval: Duration,
@@ -709,7 +712,7 @@ impl Ticker {
     ) -> io::Result<()> {
         let (done, finished) = std::sync::mpsc::channel();
         let stream = TimedStream {
-            socket: std::os::fd::AsRawFd::as_raw_fd(&*w),
+            socket: std::os::fd::AsRawFd::as_raw_fd(*w),
             model: model.to_string(),
             n,
             interval,
