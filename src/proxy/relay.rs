@@ -180,23 +180,25 @@ impl Relay {
             .as_ref()
     }
 
-    /// Hands `job` to the relay thread and waits until the stream has ended.
-    pub fn run(&self, handoff: Handoff) -> Relayed {
+    /// Hands the stream to the relay thread and waits until it has ended. The handoff comes
+    /// back untouched if the relay thread is gone (it panicked), so that the caller can move
+    /// the stream itself rather than fail it.
+    pub fn run(&self, handoff: Handoff) -> Result<Relayed, Handoff> {
         let (done, report) = crossbeam_channel::bounded(1);
-        if self.jobs.send(Job { handoff, done }).is_err() {
-            return lost();
+        if let Err(refused) = self.jobs.send(Job { handoff, done }) {
+            return Err(refused.into_inner().handoff);
         }
         let one: u64 = 1;
         // An error means the counter is saturated: the relay is awake anyway.
         let _ = (&*fd_file(&self.wake)).write(&one.to_ne_bytes());
-        report.recv().unwrap_or_else(|_| lost())
+        Ok(report.recv().unwrap_or_else(|_| lost()))
     }
 }
 
 /// Moves the rest of `body` to the client on the relay thread and waits until it has ended:
 /// the body's connection and decoder, and the scanner, are back in place when this returns.
-/// `None` (nothing moved) when the relay cannot take the stream: no relay thread, a client on
-/// a Unix socket, or the body's connection already closed.
+/// `None` (nothing moved) when the relay cannot take the stream: no relay thread (or it is
+/// gone), a client on a Unix socket, or the body's connection already closed.
 pub fn relay_body(
     client: &super::ClientSocket,
     body: &mut crate::upstream::Body<'_>,
@@ -207,13 +209,21 @@ pub fn relay_body(
     let relay = Relay::shared()?;
     let client = ClientEnd::from_handle(client.socket.as_ref()?)?;
     let upstream = body.lend()?;
-    let mut relayed = relay.run(Handoff {
+    let handoff = Handoff {
         upstream,
         client,
         scanner: scanner.take(),
         counter: tracked.byte_counter(),
         read_timeout,
-    });
+    };
+    let mut relayed = match relay.run(handoff) {
+        Ok(relayed) => relayed,
+        Err(handoff) => {
+            body.restore(handoff.upstream);
+            *scanner = handoff.scanner;
+            return None;
+        }
+    };
     if let Some(upstream) = relayed.upstream.take() {
         body.restore(upstream);
     }
@@ -221,8 +231,8 @@ pub fn relay_body(
     Some(relayed)
 }
 
-/// The report when the relay thread is gone (it panicked): the body's parts went with it, so
-/// the stream is ended as an upstream failure and its upstream connection is closed.
+/// The report when the relay thread died with the stream (it panicked): the body's parts went
+/// with it, so the stream is ended as an upstream failure and its upstream connection closed.
 fn lost() -> Relayed {
     Relayed {
         end: End::Upstream(io::Error::other("the stream relay stopped")),

@@ -80,7 +80,11 @@ fn relay(
     };
     let mut relayed = thread::scope(|scope| {
         scope
-            .spawn(|| relay.run(handoff))
+            .spawn(|| {
+                relay
+                    .run(handoff)
+                    .unwrap_or_else(|_| panic!("the relay thread is gone"))
+            })
             .join()
             .expect("relay run")
     });
@@ -330,5 +334,52 @@ fn a_slow_client_holds_back_its_upstream_and_still_gets_every_byte() {
         held_at < total,
         "the upstream sent all {total} bytes while the client read nothing"
     );
+    server.join().expect("server");
+}
+
+#[test]
+fn a_relay_whose_thread_is_gone_hands_the_stream_back() {
+    let (base, server) = upstream(|mut stream| {
+        stream.write_all(HEAD).expect("head");
+        stream.write_all(&chunk(b"data: x\n\n")).expect("event");
+        stream.write_all(codec::LAST_CHUNK).expect("end");
+    });
+    let client = crate::upstream::Client::new(Duration::from_secs(5));
+    let response = client
+        .send(&base, &get(), Some(Duration::from_secs(20)))
+        .expect("head");
+    let mut body = response.into_body();
+    // A relay whose thread has ended: its job channel has no receiver.
+    let (jobs, incoming) = crossbeam_channel::unbounded();
+    drop(incoming);
+    let started = Relay::start().expect("relay starts");
+    let gone = Relay {
+        jobs,
+        wake: started.wake.clone(),
+    };
+    let (relay_end, _test_end) = client_pair();
+    let handoff = Handoff {
+        upstream: body.lend().expect("open"),
+        client: ClientEnd::Socket(relay_end),
+        scanner: Some(UsageScanner::new(true)),
+        counter: Arc::new(AtomicU64::new(0)),
+        read_timeout: Duration::from_secs(20),
+    };
+    let Err(handoff) = gone.run(handoff) else {
+        panic!("a relay without its thread took a stream");
+    };
+    assert!(handoff.scanner.is_some());
+    body.restore(handoff.upstream);
+    // The caller reads the body itself, from where it was.
+    let mut rest = Vec::new();
+    loop {
+        let piece = body.chunk().expect("body").to_vec();
+        if piece.is_empty() {
+            break;
+        }
+        body.consume(piece.len());
+        rest.extend_from_slice(&piece);
+    }
+    assert_eq!(rest, b"data: x\n\n");
     server.join().expect("server");
 }
