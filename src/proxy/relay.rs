@@ -183,10 +183,10 @@ impl Relay {
     /// Hands the stream to the relay thread and waits until it has ended. The handoff comes
     /// back untouched if the relay thread is gone (it panicked), so that the caller can move
     /// the stream itself rather than fail it.
-    pub fn run(&self, handoff: Handoff) -> Result<Relayed, Handoff> {
+    pub fn run(&self, handoff: Handoff) -> Result<Relayed, Box<Handoff>> {
         let (done, report) = crossbeam_channel::bounded(1);
         if let Err(refused) = self.jobs.send(Job { handoff, done }) {
-            return Err(refused.into_inner().handoff);
+            return Err(Box::new(refused.into_inner().handoff));
         }
         let one: u64 = 1;
         // An error means the counter is saturated: the relay is awake anyway.
