@@ -100,7 +100,7 @@ bench:
 # N idle connections and N concurrent streams for N = 100 … 10,000 (SWAPD_SCALE_N=100,1000
 # for fewer); raises its own descriptor limit.
 bench-scale:
-	$(CARGO) bench --bench scale
+	$(CARGO) bench $(TEST_FEATURES) --bench scale
 
 # Throughput through swapd versus direct with a real llama-server (needs the e2e install).
 bench-real: release

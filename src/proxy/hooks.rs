@@ -17,6 +17,9 @@ pub struct Hooks {
     pub request_metrics: bool,
     /// How often peers are checked (`SWAPD_PEER_CHECK_INTERVAL_MS`), instead of the default.
     pub peer_check_interval: Option<Duration>,
+    /// Established streams go through the relay thread. Only the scale benchmark turns it off
+    /// (`SWAPD_BENCH_NO_RELAY=1`), to compare both paths with one build.
+    pub stream_relay: bool,
 }
 
 impl Default for Hooks {
@@ -26,6 +29,7 @@ impl Default for Hooks {
             fault_panic_path: None,
             request_metrics: true,
             peer_check_interval: None,
+            stream_relay: true,
         }
     }
 }
@@ -44,6 +48,7 @@ impl Hooks {
                 .and_then(|text| text.parse::<u64>().ok())
                 .filter(|&ms| ms > 0)
                 .map(Duration::from_millis),
+            stream_relay: std::env::var_os("SWAPD_BENCH_NO_RELAY").is_none(),
         }
     }
 

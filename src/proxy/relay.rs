@@ -161,12 +161,13 @@ impl Relay {
 
     /// The process's relay, started on first use; `None` if it could not be started (the
     /// connection threads then move the bytes themselves, as they always could). The scale
-    /// benchmark turns it off with `SWAPD_BENCH_NO_RELAY=1` to compare both paths in one build.
+    /// benchmark turns it off with the test hook `SWAPD_BENCH_NO_RELAY=1` (builds with the
+    /// `test-hooks` feature only) to compare both paths in one build.
     pub fn shared() -> Option<&'static Relay> {
         static RELAY: OnceLock<Option<Relay>> = OnceLock::new();
         RELAY
             .get_or_init(|| {
-                if std::env::var_os("SWAPD_BENCH_NO_RELAY").is_some() {
+                if !super::hooks::Hooks::from_environment().stream_relay {
                     return None;
                 }
                 match Relay::start() {
