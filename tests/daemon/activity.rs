@@ -31,28 +31,28 @@ fn daemon_with_traffic() -> Daemon {
         "",
         "groups:\n  all:\n    swap: false\n    members: [a, b]",
     ));
-    assert_eq!(
-        post_json(&daemon.url("/v1/chat/completions"), &chat("a")).status,
-        200
-    );
+    // A request's row is recorded once its response has gone out, so the client can already
+    // send the next one: each request waits for its own row, which fixes the ids' order.
+    let send = |body: &Value, status: u16, rows: usize| {
+        assert_eq!(
+            post_json(&daemon.url("/v1/chat/completions"), body).status,
+            status
+        );
+        wait_for(
+            "the request's activity row",
+            Duration::from_secs(30),
+            || (activity(&daemon, "")["total"] == rows).then_some(()),
+        );
+    };
+    send(&chat("a"), 200, 1);
     let mut streamed = chat("a");
     streamed["stream"] = json!(true);
     streamed["stream_chunks"] = json!(3);
-    let reply = post_json(&daemon.url("/v1/chat/completions"), &streamed);
-    assert_eq!(reply.status, 200);
+    send(&streamed, 200, 2);
     let mut failing = chat("a");
     failing["status"] = json!(500);
-    assert_eq!(
-        post_json(&daemon.url("/v1/chat/completions"), &failing).status,
-        500
-    );
-    assert_eq!(
-        post_json(&daemon.url("/v1/chat/completions"), &chat("b")).status,
-        200
-    );
-    wait_for("four activity rows", Duration::from_secs(30), || {
-        (activity(&daemon, "")["total"] == 4).then_some(())
-    });
+    send(&failing, 500, 3);
+    send(&chat("b"), 200, 4);
     daemon
 }
 
