@@ -63,6 +63,7 @@ TEST_THREADS ?= 8
 test-unit:
 	$(CARGO) build --bins $(TEST_FEATURES)
 	$(CARGO) test $(TEST_FEATURES) -- --test-threads=$(TEST_THREADS)
+	$(CARGO) test -p tiny_http --lib
 
 # The release binary with the test hooks (the multi-host e2e test shortens the peer check
 # interval); `make release` builds it again without them.

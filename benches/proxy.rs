@@ -27,7 +27,8 @@
 //! `proxy` host (default: none, i.e. llama-swap's `http://localhost:${PORT}`). For profiling,
 //! `SWAPD_BENCH_SWAPD` runs another swapd binary (e.g. an unstripped build) and
 //! `SWAPD_BENCH_PROFILE_SECS=N` only runs a steady proxied load for N seconds
-//! (`SWAPD_BENCH_PROFILE_CONCURRENCY`, default 16) after printing swapd's pid. BENCHMARKS.md
+//! (`SWAPD_BENCH_PROFILE_CONCURRENCY`, default 16) after printing swapd's pid, and with
+//! `SWAPD_BENCH_PROFILE_HOLD_SECS=N` keeps swapd running N s after that load. BENCHMARKS.md
 //! has the results and the recipe.
 
 use std::thread;
@@ -226,6 +227,17 @@ fn main() {
             per(r.cpu[0]),
             per(r.cpu[1])
         );
+        // `SWAPD_BENCH_PROFILE_HOLD_SECS=N` keeps both processes N s longer, for a look at
+        // swapd after the load (e.g. `/proc/P/smaps`).
+        let hold = env_u64("SWAPD_BENCH_PROFILE_HOLD_SECS", 0);
+        if hold > 0 {
+            println!(
+                "profile: RSS {} KiB, {} threads; holding for {hold} s",
+                status_value(swapd_pid, "VmRSS"),
+                status_value(swapd_pid, "Threads")
+            );
+            thread::sleep(Duration::from_secs(hold));
+        }
         return;
     }
 

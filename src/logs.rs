@@ -6,11 +6,15 @@
 //! `/logs/stream/<model>` shows just that child.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::{Arc, RwLock};
 
 use crate::config::{LogFormat, LogToStdout};
 use crate::logbuf::LogBuffer;
+
+mod stdout;
+
+/// swapd's stdout: every line printed there goes through this one batcher, in order.
+pub static STDOUT: stdout::BatchedStdout = stdout::BatchedStdout::new();
 
 pub struct Logs {
     pub proxy: Arc<LogBuffer>,
@@ -67,7 +71,7 @@ impl Logs {
         if matches!(self.to_stdout, LogToStdout::Proxy | LogToStdout::Both) {
             self.mux.write(bytes);
             if let Some(line) = stdout {
-                let _ = std::io::stdout().lock().write_all(line);
+                STDOUT.write(&[line]);
             }
         }
     }
@@ -78,7 +82,7 @@ impl Logs {
         self.proxy.write(human);
         if matches!(self.to_stdout, LogToStdout::Proxy | LogToStdout::Both) {
             self.mux.write(human);
-            let _ = std::io::stdout().lock().write_all(json);
+            STDOUT.write(&[json]);
         }
     }
 
@@ -87,7 +91,7 @@ impl Logs {
         self.upstream.write(bytes);
         if matches!(self.to_stdout, LogToStdout::Upstream | LogToStdout::Both) {
             self.mux.write(bytes);
-            let _ = std::io::stdout().lock().write_all(bytes);
+            STDOUT.write(&[bytes]);
         }
     }
 
@@ -186,7 +190,9 @@ impl log::Log for ProxyLogger {
         }
     }
 
-    fn flush(&self) {}
+    fn flush(&self) {
+        STDOUT.flush();
+    }
 }
 
 /// A swapd log line as printed on stdout in the text format: prefixed with the current UTC

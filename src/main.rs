@@ -39,8 +39,13 @@ fn main() -> ExitCode {
         },
         // A daemon that could not start says why (`RunError`'s text) and exits with 1.
         Action::Run(options) => match daemon::run(options) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(()) => {
+                // Log lines still waiting for the stdout batcher go out before the exit.
+                log::logger().flush();
+                ExitCode::SUCCESS
+            }
             Err(error) => {
+                log::logger().flush();
                 eprintln!("swapd: {error}");
                 ExitCode::FAILURE
             }

@@ -45,8 +45,9 @@ pub struct Entry {
     /// Shared with the proxy's relay thread while it moves the response (see `byte_counter`).
     bytes: Arc<AtomicU64>,
     cancelled: AtomicBool,
-    /// A duplicate of the upstream connection's socket while the response is read.
-    upstream: Mutex<Option<TcpStream>>,
+    /// The upstream connection's socket (shared with the pool's connection) while the
+    /// response is read.
+    upstream: Mutex<Option<Arc<TcpStream>>>,
 }
 
 impl Entry {
@@ -76,7 +77,7 @@ impl Entry {
 
     /// Attaches the upstream connection (a duplicate handle), so that a cancel can shut it
     /// down. A cancel that came first shuts it down right away.
-    pub fn attach_upstream(&self, socket: TcpStream) {
+    pub fn attach_upstream(&self, socket: Arc<TcpStream>) {
         let mut upstream = self.upstream.lock().unwrap_or_else(PoisonError::into_inner);
         if self.is_cancelled() {
             let _ = socket.shutdown(Shutdown::Both);
@@ -308,7 +309,7 @@ mod tests {
         let tracked = registry.begin("m", outgoing("POST", "/v1/chat/completions"), None);
         tracked
             .entry
-            .attach_upstream(client.try_clone().expect("dup"));
+            .attach_upstream(Arc::new(client.try_clone().expect("dup")));
         assert!(registry.cancel(tracked.entry.id));
         // The peer sees the connection end.
         let mut buffer = [0u8; 8];
@@ -318,7 +319,8 @@ mod tests {
         registry.cancel(late.entry.id);
         let other = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let (mut other_server, _) = listener.accept().expect("accept");
-        late.entry.attach_upstream(other.try_clone().expect("dup"));
+        late.entry
+            .attach_upstream(Arc::new(other.try_clone().expect("dup")));
         assert_eq!(other_server.read(&mut buffer).expect("read"), 0);
     }
 }

@@ -409,16 +409,15 @@ fn client_left() -> String {
 }
 
 /// The `observe` callback for `upstream::Client::send_observed` that makes an exchange
-/// cancellable: each connection the request goes out on is handed to the in-flight entry (as a
-/// `dup`), and a request cancelled before it is sent is not sent at all.
-pub fn cancellable(tracked: &Entry) -> impl Fn(&std::net::TcpStream) -> bool + '_ {
+/// cancellable: each connection the request goes out on is shared with the in-flight entry
+/// (no `dup`: the pool's own socket handle), and a request cancelled before it is sent is not
+/// sent at all.
+pub fn cancellable(tracked: &Entry) -> impl Fn(&std::sync::Arc<std::net::TcpStream>) -> bool + '_ {
     move |socket| {
         if tracked.is_cancelled() {
             return false;
         }
-        if let Ok(socket) = socket.try_clone() {
-            tracked.attach_upstream(socket);
-        }
+        tracked.attach_upstream(socket.clone());
         true
     }
 }

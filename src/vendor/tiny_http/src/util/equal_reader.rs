@@ -1,7 +1,7 @@
 use std::io::Read;
 use std::io::Result as IoResult;
-use std::sync::mpsc::channel;
-use std::sync::mpsc::{Receiver, Sender};
+// swapd: a one-value channel instead of std's mpsc (see `oneshot`).
+use super::oneshot::{channel, Receiver, Sender};
 
 /// A `Reader` that reads exactly the number of bytes from a sub-reader.
 ///

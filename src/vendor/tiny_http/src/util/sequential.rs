@@ -1,8 +1,8 @@
 use std::io::Result as IoResult;
 use std::io::{BufRead, Read, Write};
 
-use std::sync::mpsc::channel;
-use std::sync::mpsc::{Receiver, Sender};
+// swapd: a one-value channel instead of std's mpsc (see `oneshot`).
+use super::oneshot::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use std::mem;

@@ -1,0 +1,120 @@
+//! swapd: a one-value channel for the sequential reader and writer hand-overs, which used
+//! `std::sync::mpsc::channel()` once per request and direction. std's channel allocates a
+//! cache-line-aligned counter and, on the first send, a zeroed block of 31 slots; this one
+//! allocates one small `Arc`. On swapd's connection threads the value is always sent before
+//! it is received, so `recv` never waits there.
+
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+
+enum State<T> {
+    Empty,
+    Sent(T),
+    /// The value was received, or the sender went away without sending.
+    Closed,
+}
+
+struct Shared<T> {
+    state: Mutex<State<T>>,
+    changed: Condvar,
+}
+
+pub struct Sender<T>(Arc<Shared<T>>);
+pub struct Receiver<T>(Arc<Shared<T>>);
+
+/// The sender went away without sending (or the value was already received).
+#[derive(Debug)]
+pub struct RecvError;
+
+pub fn channel<T>() -> (Sender<T>, Receiver<T>) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State::Empty),
+        changed: Condvar::new(),
+    });
+    (Sender(shared.clone()), Receiver(shared))
+}
+
+impl<T> Sender<T> {
+    /// Hands `value` over; a second send, or one after the receiver went away, gives it back.
+    pub fn send(&self, value: T) -> Result<(), T> {
+        if Arc::strong_count(&self.0) == 1 {
+            return Err(value);
+        }
+        let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if !matches!(*state, State::Empty) {
+            return Err(value);
+        }
+        *state = State::Sent(value);
+        drop(state);
+        self.0.changed.notify_one();
+        Ok(())
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if matches!(*state, State::Empty) {
+            *state = State::Closed;
+            drop(state);
+            self.0.changed.notify_one();
+        }
+    }
+}
+
+impl<T> Receiver<T> {
+    /// Waits for the value; an error once the sender is gone without sending.
+    pub fn recv(&self) -> Result<T, RecvError> {
+        let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            match std::mem::replace(&mut *state, State::Closed) {
+                State::Sent(value) => return Ok(value),
+                State::Closed => return Err(RecvError),
+                State::Empty => {
+                    *state = State::Empty;
+                    state = self
+                        .0
+                        .changed
+                        .wait(state)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sent_value_is_received_once() {
+        let (tx, rx) = channel();
+        tx.send(7).unwrap();
+        assert_eq!(tx.send(8), Err(8));
+        assert_eq!(rx.recv().unwrap(), 7);
+        assert!(rx.recv().is_err());
+    }
+
+    #[test]
+    fn a_dropped_sender_ends_the_wait() {
+        let (tx, rx) = channel::<u8>();
+        let waiter = std::thread::spawn(move || rx.recv().is_err());
+        drop(tx);
+        assert!(waiter.join().unwrap());
+    }
+
+    #[test]
+    fn recv_waits_for_a_send_from_another_thread() {
+        let (tx, rx) = channel();
+        let sender = std::thread::spawn(move || tx.send(String::from("reader")).unwrap());
+        assert_eq!(rx.recv().unwrap(), "reader");
+        sender.join().unwrap();
+    }
+
+    #[test]
+    fn send_after_the_receiver_is_gone_gives_the_value_back() {
+        let (tx, rx) = channel();
+        drop(rx);
+        assert_eq!(tx.send(1), Err(1));
+    }
+}
