@@ -112,7 +112,10 @@ impl BatchedStdout {
             std::mem::swap(&mut pending.bytes, &mut spare);
             let output = self.output.lock().unwrap_or_else(PoisonError::into_inner);
             drop(pending);
-            self.has_room.notify_all();
+            if spare.len() >= MAX_PENDING {
+                // Loggers may be waiting for room (a notify is a system call even when none is).
+                self.has_room.notify_all();
+            }
             (self.sink)(&spare);
             drop(output);
             spare.clear();
@@ -127,7 +130,9 @@ impl BatchedStdout {
         let batch = std::mem::take(&mut pending.bytes);
         let output = self.output.lock().unwrap_or_else(PoisonError::into_inner);
         drop(pending);
-        self.has_room.notify_all();
+        if batch.len() >= MAX_PENDING {
+            self.has_room.notify_all();
+        }
         (self.sink)(&batch);
         drop(output);
     }

@@ -2,7 +2,9 @@
 //! `std::sync::mpsc::channel()` once per request and direction. std's channel allocates a
 //! cache-line-aligned counter and, on the first send, a zeroed block of 31 slots; this one
 //! allocates one small `Arc`. On swapd's connection threads the value is always sent before
-//! it is received, so `recv` never waits there.
+//! it is received, so `recv` never waits there, and a send wakes nobody (std's
+//! `Condvar::notify_one` is a system call even without a waiter, so it is only called when a
+//! receiver waits).
 
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
@@ -14,8 +16,14 @@ enum State<T> {
 }
 
 struct Shared<T> {
-    state: Mutex<State<T>>,
+    state: Mutex<Slot<T>>,
     changed: Condvar,
+}
+
+struct Slot<T> {
+    state: State<T>,
+    /// A receiver is blocked in `recv`.
+    waiting: bool,
 }
 
 pub struct Sender<T>(Arc<Shared<T>>);
@@ -27,7 +35,10 @@ pub struct RecvError;
 
 pub fn channel<T>() -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
-        state: Mutex::new(State::Empty),
+        state: Mutex::new(Slot {
+            state: State::Empty,
+            waiting: false,
+        }),
         changed: Condvar::new(),
     });
     (Sender(shared.clone()), Receiver(shared))
@@ -39,24 +50,30 @@ impl<T> Sender<T> {
         if Arc::strong_count(&self.0) == 1 {
             return Err(value);
         }
-        let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if !matches!(*state, State::Empty) {
+        let mut slot = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if !matches!(slot.state, State::Empty) {
             return Err(value);
         }
-        *state = State::Sent(value);
-        drop(state);
-        self.0.changed.notify_one();
+        slot.state = State::Sent(value);
+        let waiting = slot.waiting;
+        drop(slot);
+        if waiting {
+            self.0.changed.notify_one();
+        }
         Ok(())
     }
 }
 
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
-        let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if matches!(*state, State::Empty) {
-            *state = State::Closed;
-            drop(state);
-            self.0.changed.notify_one();
+        let mut slot = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if matches!(slot.state, State::Empty) {
+            slot.state = State::Closed;
+            let waiting = slot.waiting;
+            drop(slot);
+            if waiting {
+                self.0.changed.notify_one();
+            }
         }
     }
 }
@@ -64,18 +81,20 @@ impl<T> Drop for Sender<T> {
 impl<T> Receiver<T> {
     /// Waits for the value; an error once the sender is gone without sending.
     pub fn recv(&self) -> Result<T, RecvError> {
-        let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
-            match std::mem::replace(&mut *state, State::Closed) {
+            match std::mem::replace(&mut slot.state, State::Closed) {
                 State::Sent(value) => return Ok(value),
                 State::Closed => return Err(RecvError),
                 State::Empty => {
-                    *state = State::Empty;
-                    state = self
+                    slot.state = State::Empty;
+                    slot.waiting = true;
+                    slot = self
                         .0
                         .changed
-                        .wait(state)
+                        .wait(slot)
                         .unwrap_or_else(PoisonError::into_inner);
+                    slot.waiting = false;
                 }
             }
         }
