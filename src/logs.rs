@@ -65,13 +65,14 @@ impl Logs {
     }
 
     /// Writes a formatted swapd log line. `stdout` is the form the terminal gets (with a
-    /// timestamp); `None` keeps the line out of stdout (it is shown another way).
-    pub fn write_proxy(&self, bytes: &[u8], stdout: Option<&[u8]>) {
+    /// timestamp), in pieces written back to back; `None` keeps the line out of stdout (it is
+    /// shown another way).
+    pub fn write_proxy(&self, bytes: &[u8], stdout: Option<&[&[u8]]>) {
         self.proxy.write(bytes);
         if matches!(self.to_stdout, LogToStdout::Proxy | LogToStdout::Both) {
             self.mux.write(bytes);
-            if let Some(line) = stdout {
-                STDOUT.write(&[line]);
+            if let Some(parts) = stdout {
+                STDOUT.write(parts);
             }
         }
     }
@@ -131,7 +132,7 @@ impl Logs {
 pub const NOT_ON_STDOUT: &str = "swapd::not_on_stdout";
 
 /// A `log` backend writing llama-swap style lines `[time ][LEVEL] message` into [`Logs`].
-/// On stdout every line starts with an RFC 3339 timestamp (see [`stamp_for_stdout`]); the
+/// On stdout every line starts with an RFC 3339 timestamp (see [`stdout_stamp`]); the
 /// `/logs` history keeps llama-swap's form.
 pub struct ProxyLogger {
     pub logs: Arc<Logs>,
@@ -163,15 +164,17 @@ impl log::Log for ProxyLogger {
         // The startup line goes to the terminal on stderr instead (see NOT_ON_STDOUT).
         let on_stdout = record.target() != NOT_ON_STDOUT;
         match self.format {
-            LogFormat::Text => {
-                let stdout = match (on_stdout, &self.time_format) {
-                    (false, _) => None,
-                    (true, Some(_)) => Some(line.clone()),
-                    (true, None) => Some(stamp_for_stdout(&line)),
-                };
-                self.logs
-                    .write_proxy(line.as_bytes(), stdout.as_ref().map(String::as_bytes));
-            }
+            LogFormat::Text => match (on_stdout, &self.time_format) {
+                (false, _) => self.logs.write_proxy(line.as_bytes(), None),
+                (true, Some(_)) => self
+                    .logs
+                    .write_proxy(line.as_bytes(), Some(&[line.as_bytes()])),
+                (true, None) => {
+                    let stamp = stdout_stamp();
+                    self.logs
+                        .write_proxy(line.as_bytes(), Some(&[stamp.as_bytes(), line.as_bytes()]));
+                }
+            },
             LogFormat::Json if !on_stdout => self.logs.write_proxy(line.as_bytes(), None),
             LogFormat::Json => {
                 let model = record
@@ -195,13 +198,12 @@ impl log::Log for ProxyLogger {
     }
 }
 
-/// A swapd log line as printed on stdout in the text format: prefixed with the current UTC
-/// time in RFC 3339, to the millisecond, e.g. `2026-12-06T03:57:41.123Z [INFO] ...`.
-pub fn stamp_for_stdout(line: &str) -> String {
-    format!(
-        "{} {line}",
-        timestamp_rfc3339_millis(std::time::SystemTime::now())
-    )
+/// The prefix of a swapd log line on stdout in the text format: the current UTC time in
+/// RFC 3339, to the millisecond, then a space, e.g. `2026-12-06T03:57:41.123Z [INFO] ...`.
+pub fn stdout_stamp() -> String {
+    let mut stamp = timestamp_rfc3339_millis(std::time::SystemTime::now());
+    stamp.push(' ');
+    stamp
 }
 
 /// One log line for machines (`swapd.logFormat: json`): a JSON object with `time` (RFC 3339,
@@ -285,7 +287,7 @@ mod tests {
 
     #[test]
     fn stdout_lines_carry_an_rfc3339_timestamp() {
-        let line = stamp_for_stdout("[INFO] hello\n");
+        let line = format!("{}[INFO] hello\n", stdout_stamp());
         let (stamp, rest) = line.split_once(' ').expect("a stamp and the line");
         assert_eq!(rest, "[INFO] hello\n");
         assert_eq!(stamp.len(), "2026-12-06T03:37:41.042Z".len(), "{stamp}");

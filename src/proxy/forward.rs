@@ -171,7 +171,7 @@ pub fn forward_to(
     };
     let upstream_timeout = target.read_timeout;
     // `send` resends on a stale pooled connection and retries a failed new one once.
-    // Each connection the request goes out on is handed to the in-flight entry (as a `dup`),
+    // Each connection the request goes out on is shared with the in-flight entry (no `dup`),
     // so an operator's cancel can cut the exchange, even while the upstream has not answered.
     let sent = app.upstream.send_observed(
         target.base,
