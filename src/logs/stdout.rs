@@ -109,16 +109,7 @@ impl BatchedStdout {
                     .unwrap_or_else(PoisonError::into_inner);
             }
             pending.armed = true;
-            std::mem::swap(&mut pending.bytes, &mut spare);
-            let output = self.output.lock().unwrap_or_else(PoisonError::into_inner);
-            drop(pending);
-            if spare.len() >= MAX_PENDING {
-                // Loggers may be waiting for room (a notify is a system call even when none is).
-                self.has_room.notify_all();
-            }
-            (self.sink)(&spare);
-            drop(output);
-            spare.clear();
+            self.write_pending(pending, &mut spare);
             spare.shrink_to(64 * 1024);
             thread::sleep(BATCH_WINDOW);
         }
@@ -126,15 +117,22 @@ impl BatchedStdout {
 
     /// Writes whatever is pending now (shutdown calls it so that no line is left behind).
     pub fn flush(&self) {
-        let mut pending = self.lock();
-        let batch = std::mem::take(&mut pending.bytes);
+        self.write_pending(self.lock(), &mut Vec::new());
+    }
+
+    /// Swaps the pending bytes into `batch` (empty) and writes them; the output lock is taken
+    /// before the pending lock is let go, so batches go out in the order they were taken.
+    fn write_pending(&self, mut pending: MutexGuard<'_, Pending>, batch: &mut Vec<u8>) {
+        std::mem::swap(&mut pending.bytes, batch);
         let output = self.output.lock().unwrap_or_else(PoisonError::into_inner);
         drop(pending);
         if batch.len() >= MAX_PENDING {
+            // Loggers may be waiting for room (a notify is a system call even when none is).
             self.has_room.notify_all();
         }
-        (self.sink)(&batch);
+        (self.sink)(batch);
         drop(output);
+        batch.clear();
     }
 }
 
