@@ -6,6 +6,7 @@
 //! `/logs/stream/<model>` shows just that child.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::{Arc, RwLock};
 
 use crate::config::{LogFormat, LogToStdout};
@@ -157,9 +158,12 @@ impl log::Log for ProxyLogger {
             log::Level::Info => "INFO",
             log::Level::Debug | log::Level::Trace => "DEBUG",
         };
-        let line = match &self.time_format {
-            Some(_) => format!("{} [{level}] {}\n", timestamp_rfc3339(), record.args()),
-            None => format!("[{level}] {}\n", record.args()),
+        // One allocation of a size that fits an access log line (the `format!` grew it
+        // several times).
+        let mut line = String::with_capacity(192);
+        let _ = match &self.time_format {
+            Some(_) => writeln!(line, "{} [{level}] {}", timestamp_rfc3339(), record.args()),
+            None => writeln!(line, "[{level}] {}", record.args()),
         };
         // The startup line goes to the terminal on stderr instead (see NOT_ON_STDOUT).
         let on_stdout = record.target() != NOT_ON_STDOUT;

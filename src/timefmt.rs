@@ -22,26 +22,66 @@ pub fn rfc3339(since_epoch: Duration, fraction: Fraction) -> String {
     let days = i64::try_from(seconds / 86_400).unwrap_or(i64::MAX / 2);
     let seconds_of_day = seconds % 86_400;
     let (year, month, day) = civil_from_days(days);
-    let mut text = format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        seconds_of_day / 3600,
-        seconds_of_day / 60 % 60,
-        seconds_of_day % 60
-    );
+    // Digits are pushed one by one: every log line on stdout carries a timestamp, and
+    // `format!` cost more than the rest of the line's formatting.
+    let mut text = String::with_capacity(32);
+    match u64::try_from(year) {
+        Ok(year) if year <= 9999 => push_padded(&mut text, year, 4),
+        _ => {
+            use std::fmt::Write;
+            let _ = write!(text, "{year:04}");
+        }
+    }
+    text.push('-');
+    push_padded(&mut text, u64::from(month), 2);
+    text.push('-');
+    push_padded(&mut text, u64::from(day), 2);
+    text.push('T');
+    push_padded(&mut text, seconds_of_day / 3600, 2);
+    text.push(':');
+    push_padded(&mut text, seconds_of_day / 60 % 60, 2);
+    text.push(':');
+    push_padded(&mut text, seconds_of_day % 60, 2);
     match fraction {
         Fraction::None => {}
-        Fraction::Millis => text.push_str(&format!(".{:03}", since_epoch.subsec_millis())),
+        Fraction::Millis => {
+            text.push('.');
+            push_padded(&mut text, u64::from(since_epoch.subsec_millis()), 3);
+        }
         Fraction::TrimmedNanos => {
             let nanos = since_epoch.subsec_nanos();
             if nanos > 0 {
-                let digits = format!("{nanos:09}");
                 text.push('.');
-                text.push_str(digits.trim_end_matches('0'));
+                push_padded(&mut text, u64::from(nanos), 9);
+                while text.ends_with('0') {
+                    text.pop();
+                }
             }
         }
     }
     text.push('Z');
     text
+}
+
+/// Pushes `value` in decimal, with leading zeros up to `width` digits.
+fn push_padded(text: &mut String, value: u64, width: usize) {
+    let mut digits = [0u8; 20];
+    let mut rest = value;
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    for _ in digits.len() - start..width {
+        text.push('0');
+    }
+    for &digit in &digits[start..] {
+        text.push(char::from(digit));
+    }
 }
 
 /// The current time as RFC 3339 in UTC.
@@ -215,6 +255,16 @@ mod tests {
                 Duration::from_secs(4_102_444_800),
                 Fraction::None,
                 "2100-01-01T00:00:00Z",
+            ),
+            (
+                Duration::new(1_765_000_000, 120_000_000),
+                Fraction::TrimmedNanos,
+                "2025-12-06T05:46:40.12Z",
+            ),
+            (
+                Duration::from_secs(253_402_300_800),
+                Fraction::Millis,
+                "10000-01-01T00:00:00.000Z",
             ),
         ];
         for (since_epoch, fraction, expected) in cases {

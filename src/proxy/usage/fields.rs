@@ -180,35 +180,35 @@ pub(super) enum Key {
 }
 
 impl Key {
-    fn from_name(name: &str) -> Key {
+    fn from_name(name: &[u8]) -> Key {
         match name {
-            "usage" => Key::Usage,
-            "timings" => Key::Timings,
-            "response" => Key::Response,
-            "message" => Key::Message,
-            "prompt_tokens" => Key::PromptTokens,
-            "input_tokens" => Key::InputTokens,
-            "completion_tokens" => Key::CompletionTokens,
-            "output_tokens" => Key::OutputTokens,
-            "cache_read_input_tokens" => Key::CacheReadInputTokens,
-            "prompt_tokens_details" => Key::PromptTokensDetails,
-            "input_tokens_details" => Key::InputTokensDetails,
-            "cached_tokens" => Key::CachedTokens,
-            "prompt_n" => Key::PromptN,
-            "predicted_n" => Key::PredictedN,
-            "cache_n" => Key::CacheN,
-            "prompt_per_second" => Key::PromptPerSecond,
-            "predicted_per_second" => Key::PredictedPerSecond,
-            "prompt_ms" => Key::PromptMs,
-            "predicted_ms" => Key::PredictedMs,
-            "draft_n" => Key::DraftN,
-            "draft_n_accepted" => Key::DraftNAccepted,
-            "metrics" => Key::Metrics,
-            "time_to_first_token_ms" => Key::TimeToFirstTokenMs,
-            "mean_itl_ms" => Key::MeanItlMs,
-            "speculative_decoding" => Key::SpeculativeDecoding,
-            "num_draft_tokens" => Key::NumDraftTokens,
-            "num_accepted_draft_tokens" => Key::NumAcceptedDraftTokens,
+            b"usage" => Key::Usage,
+            b"timings" => Key::Timings,
+            b"response" => Key::Response,
+            b"message" => Key::Message,
+            b"prompt_tokens" => Key::PromptTokens,
+            b"input_tokens" => Key::InputTokens,
+            b"completion_tokens" => Key::CompletionTokens,
+            b"output_tokens" => Key::OutputTokens,
+            b"cache_read_input_tokens" => Key::CacheReadInputTokens,
+            b"prompt_tokens_details" => Key::PromptTokensDetails,
+            b"input_tokens_details" => Key::InputTokensDetails,
+            b"cached_tokens" => Key::CachedTokens,
+            b"prompt_n" => Key::PromptN,
+            b"predicted_n" => Key::PredictedN,
+            b"cache_n" => Key::CacheN,
+            b"prompt_per_second" => Key::PromptPerSecond,
+            b"predicted_per_second" => Key::PredictedPerSecond,
+            b"prompt_ms" => Key::PromptMs,
+            b"predicted_ms" => Key::PredictedMs,
+            b"draft_n" => Key::DraftN,
+            b"draft_n_accepted" => Key::DraftNAccepted,
+            b"metrics" => Key::Metrics,
+            b"time_to_first_token_ms" => Key::TimeToFirstTokenMs,
+            b"mean_itl_ms" => Key::MeanItlMs,
+            b"speculative_decoding" => Key::SpeculativeDecoding,
+            b"num_draft_tokens" => Key::NumDraftTokens,
+            b"num_accepted_draft_tokens" => Key::NumAcceptedDraftTokens,
             _ => Key::Other,
         }
     }
@@ -223,13 +223,16 @@ impl<'de> Deserialize<'de> for Key {
                 f.write_str("an object key")
             }
             fn visit_str<E: de::Error>(self, name: &str) -> Result<Key, E> {
-                Ok(Key::from_name(name))
+                Ok(Key::from_name(name.as_bytes()))
             }
             fn visit_bytes<E: de::Error>(self, name: &[u8]) -> Result<Key, E> {
-                Ok(std::str::from_utf8(name).map_or(Key::Other, Key::from_name))
+                Ok(Key::from_name(name))
             }
         }
-        deserializer.deserialize_identifier(KeyVisitor)
+        // As bytes: serde_json then hands over the raw key without validating its UTF-8 (the
+        // keys compared against are ASCII, and any other key is `Other` either way), which
+        // was a sizeable part of scanning a response.
+        deserializer.deserialize_bytes(KeyVisitor)
     }
 }
 
