@@ -30,9 +30,10 @@ const MAX_IDLE_PER_UPSTREAM: usize = 64;
 /// Idle connections older than this are closed instead of reused.
 const MAX_IDLE_AGE: Duration = Duration::from_secs(60);
 /// A connection idle for less than this is reused without first peeking whether the upstream
-/// closed it (one system call less per request under load). An upstream closes idle
-/// connections after seconds (llama-server: 5 s), and if one did close within this window the
-/// request fails before any response byte and is sent again (see `send_observed`).
+/// closed it (one system call less per request under load). Upstreams close idle connections
+/// after seconds (cpp-httplib, which llama-server is built on, after 5 s by default), and if
+/// one did close within this window the request fails before any response byte and is sent
+/// again (see `send_observed`).
 const UNCHECKED_REUSE: Duration = Duration::from_secs(1);
 /// Largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;

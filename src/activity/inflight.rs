@@ -75,8 +75,8 @@ impl Entry {
         self.cancelled.load(Ordering::Relaxed)
     }
 
-    /// Attaches the upstream connection (a duplicate handle), so that a cancel can shut it
-    /// down. A cancel that came first shuts it down right away.
+    /// Attaches the upstream connection's socket (shared with the pool's connection), so that a
+    /// cancel can shut it down. A cancel that came first shuts it down right away.
     pub fn attach_upstream(&self, socket: Arc<TcpStream>) {
         let mut upstream = self.upstream.lock().unwrap_or_else(PoisonError::into_inner);
         if self.is_cancelled() {

@@ -188,7 +188,10 @@ mod tests {
         );
         // After the flusher went quiet, one more line is written without further lines or a
         // flush pushing it out.
-        while !BATCHED.lock().bytes.is_empty() || BATCHED.lock().armed {
+        while {
+            let pending = BATCHED.lock();
+            !pending.bytes.is_empty() || pending.armed
+        } {
             assert!(Instant::now() < deadline, "the flusher never went idle");
             thread::sleep(Duration::from_millis(5));
         }
