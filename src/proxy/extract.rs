@@ -369,10 +369,24 @@ fn apply_set_params(object: &mut Map<String, Value>, params: &Map<String, Value>
     }
 }
 
-/// Splits `/upstream/<model>/<rest>` by the longest path-segment prefix that names a model id
-/// or alias (ids may contain `/`). Returns the model id and the rest (with its leading `/`,
+/// What `/upstream/<name>/…` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamTarget {
+    /// A local model, by its id.
+    Local(String),
+    /// A peer's model, by the name as given: its FQN (`<peer>/<model>`) or a bare name that
+    /// exactly one peer lists.
+    Peer(String),
+}
+
+/// Splits `/upstream/<model>/<rest>` by the longest path-segment prefix that names a model id,
+/// an alias or a peer's model (ids may contain `/`; a local name wins over a peer's for the
+/// same prefix, as everywhere). Returns what it names and the rest (with its leading `/`,
 /// percent-encoding untouched).
-pub fn upstream_target<'a>(config: &Config, after_prefix: &'a str) -> Option<(String, &'a str)> {
+pub fn upstream_target<'a>(
+    config: &Config,
+    after_prefix: &'a str,
+) -> Option<(UpstreamTarget, &'a str)> {
     let mut best = None;
     for (index, _) in after_prefix
         .match_indices('/')
@@ -384,7 +398,12 @@ pub fn upstream_target<'a>(config: &Config, after_prefix: &'a str) -> Option<(St
         }
         let decoded = percent_decode(candidate);
         if let Some(id) = config.resolve_model(&decoded) {
-            best = Some((id.to_string(), &after_prefix[index..]));
+            best = Some((
+                UpstreamTarget::Local(id.to_string()),
+                &after_prefix[index..],
+            ));
+        } else if config.peers.resolve(&decoded).is_some() {
+            best = Some((UpstreamTarget::Peer(decoded), &after_prefix[index..]));
         }
     }
     best

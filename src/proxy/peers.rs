@@ -128,7 +128,13 @@ fn unix_millis() -> u64 {
 /// What the route handler read from a model request, handed over when the model is a peer's.
 pub struct PeerCall<'a> {
     pub method: &'a str,
+    /// Where the model was named; for an `/upstream/` request, the route its remaining path
+    /// would take (`Query` when it is no inference route: not metered).
     pub source: ModelSource,
+    /// An `/upstream/<name>/…` request: body and query go as they are, except that a JSON
+    /// body whose `model` is the name the path gave is renamed (and filtered) as a model
+    /// request would be.
+    pub passthrough: bool,
     pub body: Vec<u8>,
     pub requested: &'a str,
     pub content_type: &'a str,
@@ -160,7 +166,11 @@ pub fn forward(
         return http::send_error(request, 508, &message, Some("loop_detected"), &[]);
     }
     let renamed = call.requested != peer_model;
+    let rewrite = !call.passthrough
+        || (matches!(call.source, ModelSource::JsonBody)
+            && extract::from_json(&call.body).is_ok_and(|named| named.model == call.requested));
     let body = match call.source {
+        _ if !rewrite => call.body,
         ModelSource::JsonBody => {
             let filters = &peer.filters;
             let filtered = !filters.strip_params.is_empty()
@@ -187,7 +197,9 @@ pub fn forward(
         _ => call.body,
     };
     let query = match call.source {
-        ModelSource::Query if renamed => Cow::Owned(rewrite_query_model(call.query, peer_model)),
+        ModelSource::Query if renamed && rewrite => {
+            Cow::Owned(rewrite_query_model(call.query, peer_model))
+        }
         _ => Cow::Borrowed(call.query),
     };
     let path_and_query = if query.is_empty() {

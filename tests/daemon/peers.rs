@@ -706,3 +706,61 @@ fn to_put(url: &str, body: &str) -> Reply {
         body: response.body_mut().read_to_string().unwrap_or_default(),
     }
 }
+
+#[test]
+fn upstream_paths_reach_peer_models() {
+    let one = FakePeer::start("served-by-one");
+    let front = Daemon::start(&front_config(
+        &["local"],
+        "",
+        &format!("  one: {{proxy: '{}', models: [m1, org/m2]}}\n", one.url()),
+    ));
+
+    // By FQN: the prefix is stripped and the rest goes to the peer's URL; a JSON body naming
+    // some other model goes as it is.
+    let reply = post_json(
+        &front.url("/upstream/one/m1/v1/chat/completions"),
+        &chat("whatever"),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let echo = reply.json();
+    assert_eq!(echo["model_served"], "served-by-one");
+    assert_eq!(echo["path"], "/v1/chat/completions");
+    assert_eq!(echo["request_body"]["model"], "whatever");
+
+    // A body naming the model as the path did is renamed to the peer's own name.
+    let echo = post_json(
+        &front.url("/upstream/one/m1/v1/chat/completions"),
+        &chat("one/m1"),
+    )
+    .json();
+    assert_eq!(echo["request_body"]["model"], "m1");
+
+    // A bare name with a slash that only this peer lists; the query and its escapes kept.
+    let reply = get(&front.url("/upstream/org/m2/slots?id=1&x=%2F"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["path"], "/slots?id=1&x=%2F");
+    let last = one.requests().pop().expect("the peer got the GET");
+    assert_eq!(last["method"], "GET");
+    assert!(
+        last["headers"]["via"]
+            .as_str()
+            .is_some_and(|via| via.contains("swapd")),
+        "the hop is recorded: {last}"
+    );
+
+    // Without the trailing slash: a redirect, as for local models.
+    let redirect = raw_exchange(
+        &front.addr,
+        b"GET /upstream/one/m1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(30),
+    );
+    assert!(redirect.starts_with("HTTP/1.1 301"), "{redirect}");
+    assert!(
+        redirect.contains("Location: /upstream/one/m1/\r\n"),
+        "{redirect}"
+    );
+
+    // A name no peer lists is still a 404.
+    assert_eq!(get(&front.url("/upstream/one/nope/health")).status, 404);
+}

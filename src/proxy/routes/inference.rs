@@ -74,6 +74,7 @@ pub(super) fn model_request(
             let call = super::super::peers::PeerCall {
                 method,
                 source,
+                passthrough: false,
                 body,
                 requested: &requested.model,
                 content_type: &content_type,
@@ -198,7 +199,7 @@ pub(super) fn upstream(
         Err((status, message)) => return http::send_error(request, status, &message, None, &[]),
     };
     let rest = pinned.as_deref().unwrap_or(rest);
-    let Some((model_id, remainder)) = extract::upstream_target(&config, rest) else {
+    let Some((target, remainder)) = extract::upstream_target(&config, rest) else {
         return http::send_error(
             request,
             404,
@@ -222,6 +223,32 @@ pub(super) fn upstream(
         Ok(body) => body,
         Err(error) => return body_error(request, error, limits.max_body_bytes),
     };
+    // Only POSTs to an inference route are metered (a GET route's source is `Query`).
+    let source = match extract::route(method, remainder) {
+        Some((source, _)) if method == "POST" => source,
+        _ => ModelSource::Query,
+    };
+    let model_id = match target {
+        extract::UpstreamTarget::Local(model_id) => model_id,
+        extract::UpstreamTarget::Peer(name) => {
+            // `upstream_target` named it from this same config, so it resolves.
+            let Some((peer, peer_model)) = config.peers.resolve(&name) else {
+                return http::send_error(request, 404, "peer model not found", None, &[]);
+            };
+            let content_type = header(&request, "Content-Type").unwrap_or("").to_string();
+            let call = super::super::peers::PeerCall {
+                method,
+                source,
+                passthrough: true,
+                body,
+                requested: &name,
+                content_type: &content_type,
+                upstream_path: Cow::Owned(remainder.to_string()),
+                query,
+            };
+            return super::super::peers::forward(app, request, &config, peer, peer_model, call);
+        }
+    };
     let path_and_query = if query.is_empty() {
         remainder.to_string()
     } else {
@@ -232,9 +259,7 @@ pub(super) fn upstream(
         path_and_query,
         headers: forwarded_headers(&request),
         body,
-        metered: method == "POST"
-            && extract::route("POST", remainder)
-                .is_some_and(|(source, _)| !matches!(source, ModelSource::Query)),
+        metered: !matches!(source, ModelSource::Query),
     };
     proxy_to(app, request, &model_id, outgoing, false);
 }
