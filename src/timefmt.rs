@@ -63,24 +63,15 @@ pub fn rfc3339(since_epoch: Duration, fraction: Fraction) -> String {
     text
 }
 
-/// Pushes `value` in decimal, with leading zeros up to `width` digits.
-fn push_padded(text: &mut String, value: u64, width: usize) {
-    let mut digits = [0u8; 20];
-    let mut rest = value;
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
+/// Pushes `value` in decimal, with leading zeros up to `width` (at least 1) digits.
+fn push_padded(text: &mut String, value: u64, width: u32) {
+    let mut place = 10u64.pow(width.max(1) - 1);
+    while place <= value / 10 {
+        place *= 10;
     }
-    for _ in digits.len() - start..width {
-        text.push('0');
-    }
-    for &digit in &digits[start..] {
-        text.push(char::from(digit));
+    while place > 0 {
+        text.push(char::from(b'0' + (value / place % 10) as u8));
+        place /= 10;
     }
 }
 
