@@ -320,6 +320,26 @@ function renderActivity(page, stats) {
     number(stats.total_output_tokens) + " generated, " + number(stats.total_cache_tokens) + " cached tokens" +
     (g ? " · generation p50 " + speed(g.p50) + " / p95 " + speed(g.p95) + " t/s" : "") +
     (p ? " · prompt p50 " + speed(p.p50) + " t/s" : "");
+  $("#histograms").replaceChildren(...[histogramChart("generation", g), histogramChart("prompt", p)].filter(Boolean));
+}
+
+// One speed histogram of /api/metrics/stats as bars: each bar's height is its bin's share of
+// the fullest bin, and its title says the bin's range and count.
+function histogramChart(kind, h) {
+  if (!h) return null;
+  const peak = Math.max(1, ...h.bins);
+  const bars = h.bins.map((count, i) => {
+    const from = h.min + i * h.binSize;
+    const bar = el("span", { class: "bar", title: speed(from) + "–" + speed(from + h.binSize) + " t/s: " +
+      count + (count === 1 ? " request" : " requests") });
+    bar.style.height = Math.max(count > 0 ? 4 : 0, Math.round(count / peak * 100)) + "%";
+    return bar;
+  });
+  return el("figure", { class: "histogram", "data-kind": kind },
+    el("div", { class: "bars", role: "img", "aria-label": kind + " speed: " + h.bins.join(", ") +
+      " requests per bin from " + speed(h.min) + " to " + speed(h.max) + " tokens per second" }, ...bars),
+    el("figcaption", { class: "muted" }, kind + " t/s " + speed(h.min) + " – " + speed(h.max) +
+      " · p50 " + speed(h.p50) + " · p95 " + speed(h.p95) + " · p99 " + speed(h.p99)));
 }
 
 function activityArrived(row) {

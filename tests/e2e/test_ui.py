@@ -195,6 +195,13 @@ class TestUI(unittest.TestCase):
         counts = self.wait("the request in the activity table", row_with_counts)
         self.wait("the token counts", lambda: row_with_counts() == [str(prompt), str(generated)])
         self.assertIn("requests", self.driver.find_element(By.ID, "stats").text)
+        # llama-server reports its speeds, so /api/metrics/stats has a generation histogram,
+        # drawn as one bar per bin (at least 5), the fullest one at full height.
+        heights = self.wait("the generation speed histogram", lambda: self.js(
+            "return [...document.querySelectorAll(\"#histograms .histogram[data-kind='generation'] .bar\")]"
+            ".map((bar) => bar.style.height);"))
+        self.assertGreaterEqual(len(heights), 5, heights)
+        self.assertIn("100%", heights)
         self.assert_same_document()
         info(f"activity row tokens {counts}")
         self.shot("activity")
