@@ -263,14 +263,14 @@ pub fn forward(
     }
     log::info!(
         model = call.requested;
-        "{} {} model={} peer={} {} {}B {:.1}ms",
+        "{} {} model={} peer={} {} {}B {}",
         outgoing.method,
         outgoing.path_and_query,
         call.requested,
         peer.id,
         outcome.status,
         outcome.bytes,
-        started.elapsed().as_secs_f64() * 1000.0
+        forward::Millis(started.elapsed())
     );
 }
 

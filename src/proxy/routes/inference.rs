@@ -395,18 +395,14 @@ fn finished(
     outcome: forward::Outcome,
 ) {
     record(app, model_id, outgoing, started, &outcome);
-    // Milliseconds to one decimal from integer tenths (float formatting is slow, and this line
-    // is written for every request).
-    let tenths = (started.elapsed().as_micros() + 50) / 100;
     log::info!(
         model = model_id;
-        "{} {} model={model_id} {} {}B {}.{}ms",
+        "{} {} model={model_id} {} {}B {}",
         outgoing.method,
         outgoing.path_and_query,
         outcome.status,
         outcome.bytes,
-        tenths / 10,
-        tenths % 10
+        forward::Millis(started.elapsed())
     );
 }
 
