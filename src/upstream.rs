@@ -777,5 +777,14 @@ pub struct Outgoing {
     pub metered: bool,
 }
 
+/// `path` with `?query` appended unless the query is empty: an [`Outgoing::path_and_query`].
+pub fn path_and_query(path: &str, query: &str) -> String {
+    if query.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{query}")
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -202,14 +202,9 @@ pub fn forward(
         }
         _ => Cow::Borrowed(call.query),
     };
-    let path_and_query = if query.is_empty() {
-        call.upstream_path.into_owned()
-    } else {
-        format!("{}?{query}", call.upstream_path)
-    };
     let outgoing = Outgoing {
         method: call.method.to_string(),
-        path_and_query,
+        path_and_query: crate::upstream::path_and_query(&call.upstream_path, &query),
         headers: peer_headers(app, &request, peer, &via),
         body,
         metered: !matches!(call.source, ModelSource::Query),

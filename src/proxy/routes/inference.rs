@@ -111,19 +111,27 @@ pub(super) fn model_request(
     let loading_state = model.send_loading_state
         && requested.stream
         && upstream_path.starts_with("/v1/chat/completions");
-    let path_and_query = if query.is_empty() {
-        upstream_path.into_owned()
-    } else {
-        format!("{upstream_path}?{query}")
-    };
-    let outgoing = Outgoing {
+    let outgoing = outgoing(&request, method, &upstream_path, query, body, source);
+    proxy_to(app, request, &model_id, outgoing, loading_state);
+}
+
+/// A local model request as it goes upstream: metered unless its model came from the query
+/// (a `GET` route).
+fn outgoing(
+    request: &tiny_http::Request,
+    method: &str,
+    path: &str,
+    query: &str,
+    body: Vec<u8>,
+    source: ModelSource,
+) -> Outgoing {
+    Outgoing {
         method: method.to_string(),
-        path_and_query,
-        headers: forwarded_headers(&request),
+        path_and_query: crate::upstream::path_and_query(path, query),
+        headers: forwarded_headers(request),
         body,
         metered: !matches!(source, ModelSource::Query),
-    };
-    proxy_to(app, request, &model_id, outgoing, loading_state);
+    }
 }
 
 /// The request after profile pins and selectors: the model it now names, its body and query
@@ -249,18 +257,7 @@ pub(super) fn upstream(
             return super::super::peers::forward(app, request, &config, peer, peer_model, call);
         }
     };
-    let path_and_query = if query.is_empty() {
-        remainder.to_string()
-    } else {
-        format!("{remainder}?{query}")
-    };
-    let outgoing = Outgoing {
-        method: method.to_string(),
-        path_and_query,
-        headers: forwarded_headers(&request),
-        body,
-        metered: !matches!(source, ModelSource::Query),
-    };
+    let outgoing = outgoing(&request, method, remainder, query, body, source);
     proxy_to(app, request, &model_id, outgoing, false);
 }
 
