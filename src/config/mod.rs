@@ -12,6 +12,7 @@
 //! defaults and validated (`typed.rs`).
 
 mod access;
+mod capabilities;
 mod command;
 mod current;
 mod env;
@@ -43,6 +44,7 @@ pub use access::{
 };
 #[cfg(test)]
 pub(crate) use access::{parse_host as access_parse_host, parse_origin as access_parse_origin};
+pub use capabilities::Capabilities;
 pub use command::split_command;
 pub use current::Current;
 pub use error::ConfigError;
@@ -210,6 +212,8 @@ pub struct ModelConfig {
     pub filters: Filters,
     /// Free-form data shown in `/v1/models`; `Null` when absent.
     pub metadata: serde_json::Value,
+    /// What the model reads, writes and supports, for `/v1/models`; empty when not given.
+    pub capabilities: Capabilities,
     pub send_loading_state: bool,
     /// The port assigned for `${PORT}`, when the model's cmd uses it.
     pub port: Option<u16>,

@@ -161,6 +161,24 @@ pub fn capabilities(cmd: &[String], info: Option<&GgufInfo>) -> Vec<&'static str
     capabilities
 }
 
+/// Adds what the model's `capabilities` block declares (`tools`, an `image` input) to the
+/// detected capabilities; an embedding model stays one.
+pub fn with_declared(
+    mut detected: Vec<&'static str>,
+    declared: &crate::config::Capabilities,
+) -> Vec<&'static str> {
+    if detected == ["embedding"] {
+        return detected;
+    }
+    let vision = declared.input.iter().any(|modality| modality == "image");
+    for (capability, holds) in [("tools", declared.tools), ("vision", vision)] {
+        if holds && !detected.contains(&capability) {
+            detected.push(capability);
+        }
+    }
+    detected
+}
+
 /// A model's file as swapd sees it.
 #[derive(Debug, Clone, Default)]
 pub struct ModelFile {
@@ -290,7 +308,10 @@ pub fn tags_entry(model: &ModelConfig, file: &ModelFile, fallback_modified: Syst
         "size": file.size,
         "digest": digest(model, file),
         "details": details(file),
-        "capabilities": capabilities(&model.cmd, file.info.as_deref()),
+        "capabilities": with_declared(
+            capabilities(&model.cmd, file.info.as_deref()),
+            &model.capabilities
+        ),
     })
 }
 
@@ -315,7 +336,7 @@ pub fn show(model: &ModelConfig, file: &ModelFile, fallback_modified: SystemTime
         "template": info.and_then(|info| info.chat_template.clone()).unwrap_or_default(),
         "details": details(file),
         "model_info": model_info,
-        "capabilities": capabilities(&model.cmd, info),
+        "capabilities": with_declared(capabilities(&model.cmd, info), &model.capabilities),
         "modified_at": timestamp(file.modified.unwrap_or(fallback_modified)),
     });
     if let Some(description) = &model.description {
@@ -372,6 +393,17 @@ mod tests {
             ["embedding"]
         );
         assert_eq!(capabilities(&argv("other"), None), ["completion"]);
+        // A `capabilities` block adds what it declares, once.
+        let declared = crate::config::Capabilities {
+            input: vec!["text".into(), "image".into()],
+            tools: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            with_declared(vec!["completion", "tools"], &declared),
+            ["completion", "tools", "vision"]
+        );
+        assert_eq!(with_declared(vec!["embedding"], &declared), ["embedding"]);
     }
 
     #[test]

@@ -563,6 +563,7 @@ mod tests {
                 set_params_by_id: by_id,
             },
             metadata: Value::Null,
+            capabilities: Default::default(),
             send_loading_state: false,
             port: None,
         }

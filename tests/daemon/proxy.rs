@@ -207,6 +207,11 @@ fn models_list_has_llama_swap_record_shape() {
         "--model hidden --pid-file {DIR}/hidden.pid\n",
         "--model hidden --pid-file {DIR}/hidden.pid\n    unlisted: true\n",
     );
+    // Capabilities render into the record and replace metadata keys of the same names.
+    config = config.replace(
+        "--model b --pid-file {DIR}/b.pid\n",
+        "--model b --pid-file {DIR}/b.pid\n    capabilities:\n      in: [text, image]\n      out: [text]\n      tools: true\n      context: 4096\n    metadata:\n      context_length: 1\n      keep: yes\n",
+    );
     let daemon = Daemon::start(&config);
     let list = get_json(&daemon.url("/v1/models"));
     assert_eq!(list["object"], "list");
@@ -225,6 +230,19 @@ fn models_list_has_llama_swap_record_shape() {
     assert_eq!(a["meta"]["llamaswap"]["size"], 7);
     assert_eq!(a["status"]["value"], "unloaded");
     assert!(a["created"].as_u64().is_some());
+    assert!(a.get("capabilities").is_none() && a["meta"].get("n_ctx").is_none());
+    let b = &list["data"][2];
+    assert_eq!(b["id"], "b");
+    assert_eq!(b["architecture"]["modality"], "text+image->text");
+    assert_eq!(
+        b["capabilities"],
+        json!({"vision": true, "function_calling": true})
+    );
+    assert_eq!(b["supported_parameters"], json!(["tools", "tool_choice"]));
+    assert_eq!(b["context_length"], 4096);
+    assert_eq!(b["meta"]["n_ctx"], 4096);
+    assert_eq!(b["meta"]["llamaswap"]["keep"], "yes");
+    assert!(b["meta"]["llamaswap"].get("context_length").is_none());
     assert_eq!(
         post_json(&daemon.url("/v1/chat/completions"), &chat("alpha")).status,
         200

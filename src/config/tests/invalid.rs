@@ -355,6 +355,30 @@ const INVALID: &[(&str, &str, &str, Option<usize>)] = &[
         Some(4),
     ),
     (
+        "models:\n  m:\n    cmd: srv --port ${PORT}\n    capabilities:\n      in: [text, video]\n",
+        "models.m.capabilities.in[1]",
+        "invalid modality 'video', must be one of: text, audio, image",
+        Some(5),
+    ),
+    (
+        "models:\n  m:\n    cmd: srv --port ${PORT}\n    capabilities:\n      context: -1\n",
+        "models.m.capabilities.context",
+        "must be 0 or more tokens, found -1",
+        Some(5),
+    ),
+    (
+        "models:\n  m:\n    cmd: srv --port ${PORT}\n    capabilities:\n      tools: yes please\n",
+        "models.m.capabilities.tools",
+        "expected true or false",
+        Some(5),
+    ),
+    (
+        "models:\n  m:\n    cmd: srv --port ${PORT}\n    capabilities: [text]\n",
+        "models.m.capabilities",
+        "expected a mapping, found a list",
+        Some(4),
+    ),
+    (
         "models:\n  m:\n    cmd: srv --port ${PORT}\n    metadata: [1]\n",
         "models.m.metadata",
         "expected a mapping, found a list",

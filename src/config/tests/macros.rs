@@ -187,3 +187,36 @@ fn exponential_macros_are_an_error_naming_the_field() {
     assert_eq!(error.key, "models.a.cmd");
     assert!(error.message.contains("grows past"), "{error}");
 }
+
+#[test]
+fn capabilities_are_read_with_macros() {
+    let loaded = load_ok(
+        "\
+macros:
+  ctx: 8192
+  eyes: image
+models:
+  m:
+    cmd: srv --port ${PORT}
+    capabilities:
+      in: [text, \"${eyes}\"]
+      out: [text]
+      tools: true
+      context: ${ctx}
+  plain:
+    cmd: srv --port ${PORT}
+",
+    );
+    let capabilities = &loaded.config.models["m"].capabilities;
+    assert_eq!(capabilities.input, ["text", "image"]);
+    assert_eq!(capabilities.output, ["text"]);
+    assert!(capabilities.tools && !capabilities.reranker);
+    assert_eq!(capabilities.context, 8192);
+    assert!(loaded.config.models["plain"].capabilities.is_empty());
+    // The block is read now, so no "not supported" warning is left for it.
+    assert!(
+        !loaded.warnings.iter().any(|w| w.contains("capabilities")),
+        "{:?}",
+        loaded.warnings
+    );
+}

@@ -59,6 +59,7 @@ fn defaults_of_every_key() {
             concurrency_limit: 10,
             filters: Filters::default(),
             metadata: serde_json::Value::Null,
+            capabilities: Default::default(),
             send_loading_state: false,
             port: Some(5800),
         }

@@ -21,7 +21,7 @@ pub(super) fn build_model(
     reporter: &mut Reporter<'_>,
 ) -> Result<ModelConfig, ConfigError> {
     schema::check_keys(mapping, path, schema::MODEL, reporter);
-    for key in ["timeouts", "compat", "capabilities"] {
+    for key in ["timeouts", "compat"] {
         if mapping.get(key).is_some_and(|value| !value.is_null()) {
             reporter.warn(&path.key(key), "not supported by swapd and ignored");
         }
@@ -156,6 +156,7 @@ pub(super) fn build_model(
         concurrency_limit,
         filters,
         metadata,
+        capabilities: super::super::capabilities::build(&fields, reporter)?,
         send_loading_state: fields
             .bool("sendLoadingState", reporter)?
             .unwrap_or(globals.send_loading_state),

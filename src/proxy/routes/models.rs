@@ -30,6 +30,7 @@ pub(super) fn list_models(app: &App, request: tiny_http::Request) {
                 Value::Object(map) => map.clone(),
                 _ => serde_json::Map::new(),
             };
+            model.capabilities.filter_metadata(&mut llamaswap);
             llamaswap.insert("type".into(), json!(kind));
             if kind == "model" && !model.aliases.is_empty() {
                 llamaswap.insert("aliases".into(), json!(model.aliases));
@@ -50,6 +51,12 @@ pub(super) fn list_models(app: &App, request: tiny_http::Request) {
             }
             if let Some(description) = &model.description {
                 record["description"] = json!(description);
+            }
+            for (key, value) in model.capabilities.openai_fields() {
+                record[key] = value;
+            }
+            if model.capabilities.context > 0 {
+                record["meta"]["n_ctx"] = json!(model.capabilities.context);
             }
             record
         };

@@ -97,7 +97,7 @@ fn model_status(app: &App) -> Value {
                 .iter()
                 .find(|group| group.members.contains(&model.id))
                 .map(|group| group.id.as_str());
-            json!({
+            let mut entry = json!({
                 "id": model.id,
                 "name": model.name.clone().unwrap_or_default(),
                 "description": model.description.clone().unwrap_or_default(),
@@ -108,7 +108,15 @@ fn model_status(app: &App) -> Value {
                 "ttl": model.ttl.as_secs(),
                 "inflight": status.map_or(0, |s| s.inflight),
                 "queued": status.map_or(0, |s| s.queued),
-            })
+            });
+            let flags = model.capabilities.flags();
+            if !flags.is_empty() {
+                entry["capabilities"] = Value::Object(flags);
+            }
+            if model.capabilities.context > 0 {
+                entry["context_length"] = json!(model.capabilities.context);
+            }
+            entry
         })
         .collect();
     models.extend(super::super::peers::model_status(app, &config));
