@@ -17,6 +17,7 @@ mod command;
 mod current;
 mod env;
 mod error;
+mod ignore_paths;
 mod macros;
 mod matrix;
 pub mod matrix_solver;
@@ -48,6 +49,10 @@ pub use capabilities::Capabilities;
 pub use command::split_command;
 pub use current::Current;
 pub use error::ConfigError;
+pub use ignore_paths::IgnorePaths;
+
+/// The model `/comfyui/` serves (llama-swap's `config.ComfyUIModelID`).
+pub const COMFYUI_MODEL_ID: &str = "comfyui_auto";
 pub use matrix::{Expr as MatrixExpr, MatrixConfig, MatrixSet};
 pub use memory::{human_bytes, size as parse_size, DeclaredFootprint, GpuBudget, MemoryConfig};
 pub use selectors::{ProfileConfig, SelectorConfig, Strategy as SelectorStrategy};
@@ -176,6 +181,8 @@ pub struct Config {
     pub memory: Option<MemoryConfig>,
     /// Other OpenAI-compatible servers whose models swapd routes to (`peers`).
     pub peers: Peers,
+    /// `upstream.ignorePaths`: `/upstream/` paths that never load a model.
+    pub upstream_ignore_paths: IgnorePaths,
 }
 
 /// One upstream model server: how to start it and how to reach it.
@@ -303,6 +310,7 @@ impl Default for Config {
             access: Access::default(),
             memory: None,
             peers: Peers::default(),
+            upstream_ignore_paths: IgnorePaths::default(),
         }
     }
 }

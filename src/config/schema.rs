@@ -73,6 +73,8 @@ pub(crate) const FILTERS: &[&str] = &[
     "setParamsByMatch",
 ];
 
+pub(crate) const UPSTREAM: &[&str] = &["ignorePaths"];
+
 pub(crate) const CAPABILITIES: &[&str] = &["in", "out", "tools", "reranker", "context"];
 
 pub(crate) const ALIAS: &[&str] = &["id", "name", "unlisted"];

@@ -42,7 +42,7 @@ const DEFAULT_UNLOAD_TIMEOUT: i64 = 10;
 const DEFAULT_METRICS_MAX_IN_MEMORY: i64 = 1000;
 const DEFAULT_CONCURRENCY_LIMIT: i64 = 10;
 /// llama-swap raises the limit of its ComfyUI passthrough model, which serves many small calls.
-const COMFYUI_MODEL_ID: &str = "comfyui_auto";
+use super::COMFYUI_MODEL_ID;
 const COMFYUI_MIN_CONCURRENCY: usize = 50;
 const DEFAULT_CHECK_ENDPOINT: &str = "/health";
 
@@ -150,6 +150,7 @@ pub(crate) fn build(root: Value, reporter: &mut Reporter<'_>) -> Result<Config, 
     let mut built = build_models(&models, &ids, &models_path, &ports, &shared, reporter)?;
     let aliases = register_aliases(&mut built, &models_path, reporter)?;
     let routing = build_routing(&top, &built, &aliases, reporter)?;
+    let upstream_ignore_paths = super::ignore_paths::build(&top, reporter)?;
 
     Ok(Config {
         health_check_timeout: seconds(settings.health_check_timeout),
@@ -177,6 +178,7 @@ pub(crate) fn build(root: Value, reporter: &mut Reporter<'_>) -> Result<Config, 
         access,
         memory,
         peers: routing.peers,
+        upstream_ignore_paths,
     })
 }
 
@@ -383,11 +385,6 @@ fn top_settings(top: &Fields<'_>, reporter: &mut Reporter<'_>) -> Result<TopSett
         api_keys: api_keys(top, reporter)?,
         activity_store: activity_store(top, reporter)?,
     };
-    for (key, message) in [("upstream", "not supported by swapd and ignored")] {
-        if top.get(key).is_some() {
-            reporter.warn(&top.path(key), message);
-        }
-    }
     Ok(settings)
 }
 

@@ -181,6 +181,25 @@ pub fn handle(app: &App, request: tiny_http::Request, active: usize) {
             if let Some(rest) = path.strip_prefix("/upstream/") {
                 return inference::upstream(app, request, &method, rest, query);
             }
+            if let Some(rest) = path.strip_prefix("/comfyui/") {
+                return inference::comfyui(app, request, &method, rest, query);
+            }
+            if path == "/comfyui" {
+                // Relative URLs in ComfyUI's page need the trailing slash (llama-swap's redirect).
+                let mut location = String::from("/comfyui/");
+                if !query.is_empty() {
+                    location.push('?');
+                    location.push_str(query);
+                }
+                let status = if matches!(method.as_str(), "GET" | "HEAD") {
+                    301
+                } else {
+                    308
+                };
+                let _ =
+                    ResponseWriter::send_whole(request, status, &[("Location", &location)], b"");
+                return;
+            }
             http::send_error(
                 request,
                 404,

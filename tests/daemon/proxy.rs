@@ -390,6 +390,62 @@ fn upstream_passthrough_with_slashes_in_ids() {
 }
 
 #[test]
+fn static_files_and_comfyui_paths_never_load_a_model() {
+    let daemon = Daemon::start(&simple_config(&["a", "comfyui_auto"], "", ""));
+    // llama-swap's default upstream.ignorePaths: a static file does not load the model.
+    let refused = get(&daemon.url("/upstream/a/assets/app%2Ejs"));
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert_eq!(
+        refused.json()["error"]["message"],
+        "model a is not loaded; path matches upstream.ignorePaths"
+    );
+    assert!(daemon.running_states().is_empty());
+    // Any other path loads it; then static files are served.
+    assert_eq!(get(&daemon.url("/upstream/a/props")).status, 200);
+    let served = get(&daemon.url("/upstream/a/assets/app.js?v=2"));
+    assert_eq!(served.status, 200, "{}", served.body);
+    assert_eq!(served.json()["path"], "/assets/app.js?v=2");
+
+    // /comfyui/: only the root may load comfyui_auto.
+    let refused = get(&daemon.url("/comfyui/api/queue"));
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert_eq!(
+        refused.json()["error"]["message"],
+        "model comfyui_auto is not loaded; only /comfyui/ can start it"
+    );
+    let redirect = raw_exchange(
+        &daemon.addr,
+        b"GET /comfyui?tab=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(30),
+    );
+    assert!(redirect.starts_with("HTTP/1.1 301"), "{redirect}");
+    assert!(
+        redirect.contains("Location: /comfyui/?tab=1\r\n"),
+        "{redirect}"
+    );
+    let root = get(&daemon.url("/comfyui/"));
+    assert_eq!(root.status, 200, "{}", root.body);
+    assert_eq!(root.json()["model_served"], "comfyui_auto");
+    let reply = post_json(
+        &daemon.url("/comfyui/api/prompt?x=1"),
+        &json!({"prompt": {}}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["path"], "/api/prompt?x=1");
+
+    // Configured patterns replace the default; without comfyui_auto, /comfyui/ is a 404.
+    let daemon = Daemon::start(&simple_config(
+        &["a"],
+        "",
+        "upstream:\n  ignorePaths: ['^/static/']",
+    ));
+    assert_eq!(get(&daemon.url("/upstream/a/static/x.html")).status, 409);
+    assert!(daemon.running_states().is_empty());
+    assert_eq!(get(&daemon.url("/upstream/a/app.js")).status, 200);
+    assert_eq!(get(&daemon.url("/comfyui/")).status, 404);
+}
+
+#[test]
 fn multipart_uploads_route_by_form_field() {
     let config = simple_config(&["whisper"], "    useModelName: large-v3\n", "");
     let daemon = Daemon::start(&config);

@@ -379,6 +379,13 @@ const INVALID: &[(&str, &str, &str, Option<usize>)] = &[
         Some(4),
     ),
     (
+        "upstream:\n  ignorePaths:\n    - '\\.js$'\n    - 'a(b'\n",
+        "upstream.ignorePaths[1]",
+        "invalid regular expression 'a(b'",
+        Some(4),
+    ),
+    ("upstream: [x]\n", "upstream", "expected a mapping, found a list", Some(1)),
+    (
         "models:\n  m:\n    cmd: srv --port ${PORT}\n    metadata: [1]\n",
         "models.m.metadata",
         "expected a mapping, found a list",

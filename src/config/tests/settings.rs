@@ -245,3 +245,28 @@ fn log_format_is_text_by_default_and_json_on_request() {
         "{error}"
     );
 }
+
+#[test]
+fn upstream_ignore_paths_replace_the_default_unless_empty() {
+    let default = load_ok("models: {}\n").config.upstream_ignore_paths;
+    assert_eq!(
+        default.patterns().collect::<Vec<_>>(),
+        [crate::config::ignore_paths::DEFAULT_PATTERN]
+    );
+    let empty = load_ok("upstream:\n  ignorePaths: []\n").config;
+    assert_eq!(empty.upstream_ignore_paths, default);
+    let custom = load_ok("upstream:\n  ignorePaths: ['^/static/', 'x{2}']\n").config;
+    let paths = &custom.upstream_ignore_paths;
+    assert!(paths.matches("/static/app.html") && paths.matches("/axxb"));
+    assert!(!paths.matches("/app.js"), "the default no longer applies");
+    // A misspelt key under `upstream` is a warning with a suggestion.
+    let loaded = load_ok("upstream:\n  ignorePath: ['x']\n");
+    assert!(
+        loaded
+            .warnings
+            .iter()
+            .any(|w| w.contains("did you mean 'ignorePaths'")),
+        "{:?}",
+        loaded.warnings
+    );
+}

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::config::COMFYUI_MODEL_ID;
 use crate::http::{self, ResponseWriter};
-use crate::supervisor::{AcquireError, Reply};
+use crate::supervisor::{AcquireError, Phase, Reply};
 
 use super::super::extract::{self, ModelSource};
 use super::super::forward::{self, Destination, Outgoing};
@@ -217,7 +218,11 @@ pub(super) fn upstream(
         );
     };
     if remainder.is_empty() {
-        let location = format!("/upstream/{rest}/");
+        let mut location = format!("/upstream/{rest}/");
+        if !query.is_empty() {
+            location.push('?');
+            location.push_str(query);
+        }
         let status = if matches!(method, "GET" | "HEAD") {
             301
         } else {
@@ -237,7 +242,20 @@ pub(super) fn upstream(
         _ => ModelSource::Query,
     };
     let model_id = match target {
-        extract::UpstreamTarget::Local(model_id) => model_id,
+        extract::UpstreamTarget::Local(model_id) => {
+            // A static file of a model's own web UI never loads the model (a stale browser tab
+            // would otherwise swap it back in): 409 unless it is ready.
+            if config
+                .upstream_ignore_paths
+                .matches(&extract::percent_decode(remainder))
+                && !is_ready(app, &model_id)
+            {
+                let message =
+                    format!("model {model_id} is not loaded; path matches upstream.ignorePaths");
+                return http::send_error(request, 409, &message, None, &[]);
+            }
+            model_id
+        }
         extract::UpstreamTarget::Peer(name) => {
             // `upstream_target` named it from this same config, so it resolves.
             let Some((peer, peer_model)) = config.peers.resolve(&name) else {
@@ -259,6 +277,50 @@ pub(super) fn upstream(
     };
     let outgoing = outgoing(&request, method, remainder, query, body, source);
     proxy_to(app, request, &model_id, outgoing, false);
+}
+
+/// `/comfyui/<rest>`: everything under it goes to the model `comfyui_auto`, with the prefix
+/// taken off. Only `/comfyui/` itself may load the model; any other path gets 409 while it is
+/// not ready, so that an open ComfyUI tab cannot load it again after it was unloaded.
+pub(super) fn comfyui(
+    app: &App,
+    mut request: tiny_http::Request,
+    method: &str,
+    rest: &str,
+    query: &str,
+) {
+    if !app.config().models.contains_key(COMFYUI_MODEL_ID) {
+        let message = format!("local model {COMFYUI_MODEL_ID} not found");
+        return http::send_error(request, 404, &message, Some("model_not_found"), &[]);
+    }
+    let remainder = format!("/{rest}");
+    if extract::percent_decode(&remainder) != "/" && !is_ready(app, COMFYUI_MODEL_ID) {
+        let message =
+            format!("model {COMFYUI_MODEL_ID} is not loaded; only /comfyui/ can start it");
+        return http::send_error(request, 409, &message, None, &[]);
+    }
+    let limits = app.limits();
+    let body = match read_body(app, &mut request, limits.max_body_bytes) {
+        Ok(body) => body,
+        Err(error) => return body_error(request, error, limits.max_body_bytes),
+    };
+    let outgoing = outgoing(
+        &request,
+        method,
+        &remainder,
+        query,
+        body,
+        ModelSource::Query,
+    );
+    proxy_to(app, request, COMFYUI_MODEL_ID, outgoing, false);
+}
+
+/// Whether the local model `model_id` is ready to serve right now.
+fn is_ready(app: &App, model_id: &str) -> bool {
+    app.supervisor
+        .snapshot()
+        .iter()
+        .any(|status| status.model == model_id && status.phase == Phase::Ready)
 }
 
 /// Acquires the model (watching the client while it waits) and forwards.
