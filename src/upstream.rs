@@ -238,7 +238,7 @@ impl Client {
                     "the request was cancelled",
                 )));
             }
-            match exchange(&mut connection, &head, request) {
+            match exchange(&mut connection, &head, request, false) {
                 Ok((head_end, parsed)) => {
                     return Ok(Response::new(
                         self,
@@ -425,12 +425,14 @@ fn request_head(authority: &str, base_path: &str, request: &Request<'_>) -> Vec<
     head
 }
 
-/// Writes the request and reads until a final (non-1xx) response head is complete. Returns
-/// its length: the head is at the front of the connection's buffer.
+/// Writes the request and reads until a final (non-1xx) response head is complete, or a 101
+/// when `switch` allows one (an upgrade request). Returns its length: the head is at the front
+/// of the connection's buffer.
 fn exchange(
     connection: &mut Connection,
     head: &[u8],
     request: &Request<'_>,
+    switch: bool,
 ) -> Result<(usize, ResponseHead), UpstreamError> {
     (&*connection.stream).write_all(head).map_err(io_error)?;
     if let Some(body) = request.body.filter(|body| body.len() > COALESCE_BODY) {
@@ -457,6 +459,9 @@ fn exchange(
             let parsed = codec::parse_response_head(&buffer.data()[..end])
                 .map_err(|error| UpstreamError::Protocol(error.as_str()))?;
             if (100..200).contains(&parsed.status) {
+                if parsed.status == 101 && switch {
+                    return Ok((end, parsed));
+                }
                 if parsed.status == 101 {
                     return Err(UpstreamError::Protocol("upstream switched protocols"));
                 }
@@ -788,3 +793,6 @@ pub fn path_and_query(path: &str, query: &str) -> String {
 
 #[cfg(test)]
 mod tests;
+mod upgrade;
+
+pub use upgrade::{Switched, Upgrade};

@@ -415,12 +415,42 @@ fn serve_connection(stream: TcpStream, opts: &Opts, started: Instant) -> io::Res
         if let Some(path) = &opts.request_log {
             log_request(path, &req);
         }
+        if let Some(protocol) = req.header("upgrade") {
+            return upgrade(&req, protocol, &stream, &buf);
+        }
         let keep_alive = handle(&req, &mut w, opts, started)? && !req.wants_close();
         if !keep_alive {
             let _ = w.shutdown(Shutdown::Both);
             return Ok(());
         }
     }
+}
+
+/// An upgrade request: at `/ws`, a `101` that switches to an echo of every byte (after a
+/// `welcome` line sent at once); anywhere else, `426`.
+fn upgrade(req: &Request, protocol: &str, stream: &TcpStream, buf: &ReadBuffer) -> io::Result<()> {
+    let mut w = stream;
+    if req.path() != "/ws" {
+        let body = json!({"error": {"code": 426, "message": "upgrades only at /ws"}});
+        return respond_json(&mut w, 426, &body, true);
+    }
+    let head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: {protocol}\r\nConnection: Upgrade\r\nX-Upgraded-Target: {}\r\n\r\nwelcome\n",
+        req.target
+    );
+    w.write_all(head.as_bytes())?;
+    // Bytes the client sent after its head are echoed first.
+    w.write_all(buf.data())?;
+    let mut r = stream;
+    let mut piece = [0u8; 4096];
+    loop {
+        match std::io::Read::read(&mut r, &mut piece)? {
+            0 => break,
+            n => w.write_all(&piece[..n])?,
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+    Ok(())
 }
 
 /// Appends one request to the request log (a JSON line), for tests to see what swapd sent.

@@ -221,6 +221,9 @@ pub struct ModelConfig {
     pub metadata: serde_json::Value,
     /// What the model reads, writes and supports, for `/v1/models`; empty when not given.
     pub capabilities: Capabilities,
+    /// `compat.ignoreWebsockets` (forced for `comfyui_auto`): a websocket upgrade never starts
+    /// the model (409 when it is not ready) and does not count as a request in flight.
+    pub ignore_websockets: bool,
     pub send_loading_state: bool,
     /// The port assigned for `${PORT}`, when the model's cmd uses it.
     pub port: Option<u16>,

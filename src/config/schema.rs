@@ -75,6 +75,8 @@ pub(crate) const FILTERS: &[&str] = &[
 
 pub(crate) const UPSTREAM: &[&str] = &["ignorePaths"];
 
+pub(crate) const COMPAT: &[&str] = &["ignoreWebsockets"];
+
 pub(crate) const CAPABILITIES: &[&str] = &["in", "out", "tools", "reranker", "context"];
 
 pub(crate) const ALIAS: &[&str] = &["id", "name", "unlisted"];

@@ -564,6 +564,7 @@ mod tests {
             },
             metadata: Value::Null,
             capabilities: Default::default(),
+            ignore_websockets: false,
             send_loading_state: false,
             port: None,
         }

@@ -12,6 +12,7 @@ mod admin;
 mod inference;
 mod models;
 mod streams;
+mod websocket;
 
 use std::borrow::Cow;
 

@@ -18,3 +18,4 @@ mod routing;
 mod scale;
 mod security;
 mod supervisor;
+mod upgrade;

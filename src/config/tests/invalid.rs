@@ -386,6 +386,12 @@ const INVALID: &[(&str, &str, &str, Option<usize>)] = &[
     ),
     ("upstream: [x]\n", "upstream", "expected a mapping, found a list", Some(1)),
     (
+        "models:\n  m:\n    cmd: srv --port ${PORT}\n    compat:\n      ignoreWebsockets: sometimes\n",
+        "models.m.compat.ignoreWebsockets",
+        "expected true or false",
+        Some(5),
+    ),
+    (
         "models:\n  m:\n    cmd: srv --port ${PORT}\n    metadata: [1]\n",
         "models.m.metadata",
         "expected a mapping, found a list",

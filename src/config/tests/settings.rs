@@ -60,6 +60,7 @@ fn defaults_of_every_key() {
             filters: Filters::default(),
             metadata: serde_json::Value::Null,
             capabilities: Default::default(),
+            ignore_websockets: false,
             send_loading_state: false,
             port: Some(5800),
         }
@@ -199,6 +200,9 @@ models:
     assert_eq!(n.check_endpoint, None);
     assert_eq!(n.concurrency_limit, 10);
     assert_eq!(loaded.config.models["comfyui_auto"].concurrency_limit, 50);
+    // comfyui_auto's websockets never start it, whatever its compat block says.
+    assert!(loaded.config.models["comfyui_auto"].ignore_websockets);
+    assert!(!m.ignore_websockets);
     assert_eq!(loaded.config.resolve_model("a2"), Some("m"));
     assert_eq!(loaded.config.resolve_model("m"), Some("m"));
     assert_eq!(loaded.config.resolve_model("zzz"), None);

@@ -21,7 +21,7 @@ pub(super) fn build_model(
     reporter: &mut Reporter<'_>,
 ) -> Result<ModelConfig, ConfigError> {
     schema::check_keys(mapping, path, schema::MODEL, reporter);
-    for key in ["timeouts", "compat"] {
+    for key in ["timeouts"] {
         if mapping.get(key).is_some_and(|value| !value.is_null()) {
             reporter.warn(&path.key(key), "not supported by swapd and ignored");
         }
@@ -157,11 +157,27 @@ pub(super) fn build_model(
         filters,
         metadata,
         capabilities: super::super::capabilities::build(&fields, reporter)?,
+        ignore_websockets: id == COMFYUI_MODEL_ID || ignore_websockets(&fields, reporter)?,
         send_loading_state: fields
             .bool("sendLoadingState", reporter)?
             .unwrap_or(globals.send_loading_state),
         port,
     })
+}
+
+/// `compat.ignoreWebsockets`.
+fn ignore_websockets(
+    fields: &Fields<'_>,
+    reporter: &mut Reporter<'_>,
+) -> Result<bool, ConfigError> {
+    let Some(compat) = fields.mapping("compat", reporter, "a mapping")? else {
+        return Ok(false);
+    };
+    let path = fields.path("compat");
+    schema::check_keys(compat, &path, schema::COMPAT, reporter);
+    Ok(Fields::new(compat, &path)
+        .bool("ignoreWebsockets", reporter)?
+        .unwrap_or(false))
 }
 
 /// Reads a model's `aliases`: strings, or (as some llama-swap versions write them) mappings

@@ -18,7 +18,7 @@ use super::{body_error, header, SSE_HEADERS};
 
 /// Client headers to pass upstream (everything except hop-by-hop ones), as the header lines
 /// they will be sent as: one buffer instead of two strings per header.
-fn forwarded_headers(request: &tiny_http::Request) -> Vec<u8> {
+pub(super) fn forwarded_headers(request: &tiny_http::Request) -> Vec<u8> {
     let mut lines = Vec::with_capacity(256);
     for header in request.headers() {
         let name = header.field.as_str().as_str();
@@ -231,6 +231,23 @@ pub(super) fn upstream(
         let _ = ResponseWriter::send_whole(request, status, &[("Location", &location)], b"");
         return;
     }
+    if let extract::UpstreamTarget::Local(model_id) = &target {
+        // A static file of a model's own web UI never loads the model (a stale browser tab
+        // would otherwise swap it back in): 409 unless it is ready.
+        if config
+            .upstream_ignore_paths
+            .matches(&extract::percent_decode(remainder))
+            && !is_ready(app, model_id)
+        {
+            let message =
+                format!("model {model_id} is not loaded; path matches upstream.ignorePaths");
+            return http::send_error(request, 409, &message, None, &[]);
+        }
+        if super::websocket::is_upgrade(&request) {
+            let path = crate::upstream::path_and_query(remainder, query);
+            return super::websocket::pass(app, request, model_id, &path);
+        }
+    }
     let limits = app.limits();
     let body = match read_body(app, &mut request, limits.max_body_bytes) {
         Ok(body) => body,
@@ -242,20 +259,7 @@ pub(super) fn upstream(
         _ => ModelSource::Query,
     };
     let model_id = match target {
-        extract::UpstreamTarget::Local(model_id) => {
-            // A static file of a model's own web UI never loads the model (a stale browser tab
-            // would otherwise swap it back in): 409 unless it is ready.
-            if config
-                .upstream_ignore_paths
-                .matches(&extract::percent_decode(remainder))
-                && !is_ready(app, &model_id)
-            {
-                let message =
-                    format!("model {model_id} is not loaded; path matches upstream.ignorePaths");
-                return http::send_error(request, 409, &message, None, &[]);
-            }
-            model_id
-        }
+        extract::UpstreamTarget::Local(model_id) => model_id,
         extract::UpstreamTarget::Peer(name) => {
             // `upstream_target` named it from this same config, so it resolves.
             let Some((peer, peer_model)) = config.peers.resolve(&name) else {
@@ -299,6 +303,10 @@ pub(super) fn comfyui(
             format!("model {COMFYUI_MODEL_ID} is not loaded; only /comfyui/ can start it");
         return http::send_error(request, 409, &message, None, &[]);
     }
+    if super::websocket::is_upgrade(&request) {
+        let path = crate::upstream::path_and_query(&remainder, query);
+        return super::websocket::pass(app, request, COMFYUI_MODEL_ID, &path);
+    }
     let limits = app.limits();
     let body = match read_body(app, &mut request, limits.max_body_bytes) {
         Ok(body) => body,
@@ -316,11 +324,17 @@ pub(super) fn comfyui(
 }
 
 /// Whether the local model `model_id` is ready to serve right now.
-fn is_ready(app: &App, model_id: &str) -> bool {
+pub(super) fn is_ready(app: &App, model_id: &str) -> bool {
     app.supervisor
         .snapshot()
         .iter()
         .any(|status| status.model == model_id && status.phase == Phase::Ready)
+}
+
+/// Answers a request whose model could not be had.
+pub(super) fn send_acquire_error(request: tiny_http::Request, error: &AcquireError) {
+    let (status, code, extra) = acquire_error_status(error);
+    http::send_error(request, status, &error.to_string(), code, extra);
 }
 
 /// Acquires the model (watching the client while it waits) and forwards.
