@@ -27,6 +27,7 @@ mod scan;
 mod schema;
 mod selectors;
 mod sources;
+mod timeouts;
 mod typed;
 
 pub use peers::{fqn as peer_fqn, PeerConfig, PeerRoute, Peers, DEFAULT_PEER_CONNECT_TIMEOUT};
@@ -50,6 +51,7 @@ pub use command::split_command;
 pub use current::Current;
 pub use error::ConfigError;
 pub use ignore_paths::IgnorePaths;
+pub use timeouts::Timeouts;
 
 /// The model `/comfyui/` serves (llama-swap's `config.ComfyUIModelID`).
 pub const COMFYUI_MODEL_ID: &str = "comfyui_auto";
@@ -224,6 +226,9 @@ pub struct ModelConfig {
     /// `compat.ignoreWebsockets` (forced for `comfyui_auto`): a websocket upgrade never starts
     /// the model (409 when it is not ready) and does not count as a request in flight.
     pub ignore_websockets: bool,
+    /// `timeouts.connect` and `timeouts.responseHeader`; unset ones use swapd's defaults (5 s
+    /// to connect, `swapd.upstreamTimeout` for reads).
+    pub timeouts: Timeouts,
     pub send_loading_state: bool,
     /// The port assigned for `${PORT}`, when the model's cmd uses it.
     pub port: Option<u16>,

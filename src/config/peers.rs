@@ -24,16 +24,6 @@ pub const DEFAULT_PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The keys of one peer.
 const PEER_KEYS: &[&str] = &["proxy", "apiKey", "models", "filters", "timeouts"];
-/// llama-swap's peer timeouts. swapd uses `connect` and `responseHeader`; the others tune Go's
-/// HTTP transport and are accepted without effect.
-const TIMEOUT_KEYS: &[&str] = &[
-    "connect",
-    "responseHeader",
-    "keepAlive",
-    "tlsHandshake",
-    "expectContinue",
-    "idleConn",
-];
 
 /// One peer server.
 #[derive(Debug, Clone, PartialEq)]
@@ -277,22 +267,9 @@ fn build_peer(
         ));
     }
     let filters = build_filters(fields.get("filters"), &path.key("filters"), reporter)?;
-    let mut connect_timeout = DEFAULT_PEER_CONNECT_TIMEOUT;
-    let mut read_timeout = None;
-    if let Some(timeouts) = fields.mapping("timeouts", reporter, "a mapping of timeouts")? {
-        let timeouts_path = path.key("timeouts");
-        schema::check_keys(timeouts, &timeouts_path, TIMEOUT_KEYS, reporter);
-        let timeouts = Fields::new(timeouts, &timeouts_path);
-        let default_connect = DEFAULT_PEER_CONNECT_TIMEOUT.as_secs() as usize;
-        connect_timeout =
-            Duration::from_secs(timeouts.positive("connect", reporter, default_connect)? as u64);
-        if timeouts.get("responseHeader").is_some() {
-            read_timeout =
-                Some(Duration::from_secs(
-                    timeouts.positive("responseHeader", reporter, 1)? as u64,
-                ));
-        }
-    }
+    let timeouts = super::timeouts::build(&fields, reporter)?;
+    let connect_timeout = timeouts.connect.unwrap_or(DEFAULT_PEER_CONNECT_TIMEOUT);
+    let read_timeout = timeouts.response_header;
     Ok(PeerConfig {
         id: id.to_string(),
         proxy,
@@ -479,9 +456,9 @@ mod tests {
                 "name a host",
             ),
             (
-                "p: {proxy: http://h, models: [x], timeouts: {connect: 0}}",
+                "p: {proxy: http://h, models: [x], timeouts: {connect: -1}}",
                 "peers.p.timeouts.connect",
-                "greater than 0",
+                "must be 0 or more seconds",
             ),
             ("p: [x]", "peers.p", "expected a mapping"),
         ] {
@@ -503,5 +480,16 @@ mod tests {
         assert_eq!(peer.api_key.as_deref(), Some("secret"));
         assert_eq!(peer.filters.strip_params, ["top_k"]);
         assert_eq!(peer.filters.set_params["temperature"], 0.5);
+        // 0 means "not set", as in llama-swap; `keepalive` is llama-swap's spelling.
+        let loaded = crate::config::parse(
+            &format!("{LOCAL}peers:\n  p:\n    proxy: http://h:1\n    models: [x]\n    timeouts: {{connect: 0, responseHeader: 0, keepalive: 30}}\n"),
+            std::path::Path::new("config.yaml"),
+            &|_| None,
+        )
+        .expect("valid");
+        let peer = &loaded.config.peers.peers["p"];
+        assert_eq!(peer.connect_timeout, DEFAULT_PEER_CONNECT_TIMEOUT);
+        assert_eq!(peer.read_timeout, None);
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     }
 }

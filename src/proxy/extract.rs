@@ -565,6 +565,7 @@ mod tests {
             metadata: Value::Null,
             capabilities: Default::default(),
             ignore_websockets: false,
+            timeouts: Default::default(),
             send_loading_state: false,
             port: None,
         }

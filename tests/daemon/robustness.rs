@@ -2272,3 +2272,34 @@ fn a_panicking_handler_answers_500_and_swapd_keeps_serving() {
         "the panic is logged: {log}"
     );
 }
+
+#[test]
+fn a_models_response_header_timeout_replaces_upstream_timeout() {
+    // No swapd.upstreamTimeout here (its default is 10 minutes): only the model's own
+    // `timeouts.responseHeader` can end the wait for a hung upstream.
+    let config = simple_config(
+        &["a"],
+        "    timeouts: {connect: 3, responseHeader: 1, keepalive: 30}\n",
+        "",
+    );
+    let daemon = Daemon::start(&config);
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("a")).status,
+        200
+    );
+    let started = Instant::now();
+    let reply = post_json(
+        &daemon.url("/v1/chat/completions"),
+        &json!({"model": "a", "hang": true}),
+    );
+    assert_eq!(reply.status, 504, "{}", reply.body);
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "504 after {:?}, before the model's 1 s timeout",
+        started.elapsed()
+    );
+    assert_eq!(
+        post_json(&daemon.url("/v1/chat/completions"), &chat("a")).status,
+        200
+    );
+}

@@ -61,6 +61,7 @@ fn defaults_of_every_key() {
             metadata: serde_json::Value::Null,
             capabilities: Default::default(),
             ignore_websockets: false,
+            timeouts: Default::default(),
             send_loading_state: false,
             port: Some(5800),
         }

@@ -47,15 +47,16 @@ performance: {disabled: true}
 models:
   m:
     cmd: srv --port ${PORT}
-    timeouts: {responseHeader: 30}
+    timeouts: {responseHeader: 30, keepalive: 30}
 peers: {}
 profiles:
 selectors: {}
 ",
     );
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     assert_eq!(
-        loaded.warnings,
-        ["config.yaml:8:5: models.m.timeouts: not supported by swapd and ignored"]
+        loaded.config.models["m"].timeouts.response_header,
+        Some(std::time::Duration::from_secs(30))
     );
 }
 

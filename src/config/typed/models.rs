@@ -21,11 +21,6 @@ pub(super) fn build_model(
     reporter: &mut Reporter<'_>,
 ) -> Result<ModelConfig, ConfigError> {
     schema::check_keys(mapping, path, schema::MODEL, reporter);
-    for key in ["timeouts"] {
-        if mapping.get(key).is_some_and(|value| !value.is_null()) {
-            reporter.warn(&path.key(key), "not supported by swapd and ignored");
-        }
-    }
     let fields = Fields::new(mapping, path);
 
     let cmd_path = path.key("cmd");
@@ -158,6 +153,7 @@ pub(super) fn build_model(
         metadata,
         capabilities: super::super::capabilities::build(&fields, reporter)?,
         ignore_websockets: id == COMFYUI_MODEL_ID || ignore_websockets(&fields, reporter)?,
+        timeouts: super::super::timeouts::build(&fields, reporter)?,
         send_loading_state: fields
             .bool("sendLoadingState", reporter)?
             .unwrap_or(globals.send_loading_state),
