@@ -61,6 +61,10 @@ pub fn route(method: &str, path: &str) -> Option<(ModelSource, Cow<'static, str>
             if path == "/v1/audio/voices" {
                 return Some((ModelSource::JsonBody, Cow::Borrowed("/v1/audio/voices")));
             }
+            // An audio API served under /audioapi (llama-swap strips the prefix).
+            if path == "/audioapi/v1/tasks/run" {
+                return Some((ModelSource::JsonBody, Cow::Borrowed("/v1/tasks/run")));
+            }
             MULTIPART_POST
                 .iter()
                 .find(|&&p| p == path)
@@ -430,6 +434,10 @@ mod tests {
         assert_eq!(
             route("GET", "/props").map(|r| r.0),
             Some(ModelSource::Query)
+        );
+        assert_eq!(
+            route("POST", "/audioapi/v1/tasks/run"),
+            Some((ModelSource::JsonBody, Cow::Borrowed("/v1/tasks/run")))
         );
         assert_eq!(route("GET", "/v1/chat/completions"), None);
         assert_eq!(route("POST", "/nope"), None);

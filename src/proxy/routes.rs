@@ -57,8 +57,13 @@ pub fn handle(app: &App, request: tiny_http::Request, active: usize) {
     if method == "OPTIONS" {
         return preflight(request, cors);
     }
-    if path == "/health" {
+    // `/wol-health` is what llama-swap's wake-on-LAN proxy polls.
+    if path == "/health" || path == "/wol-health" {
         return http::send_text(request, 200, "OK");
+    }
+    if method == "GET" && path == "/upstream" {
+        let _ = ResponseWriter::send_whole(request, 302, &[("Location", "/ui/models")], b"");
+        return;
     }
     let limits = app.limits();
     if active > limits.max_connections {

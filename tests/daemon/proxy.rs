@@ -11,14 +11,26 @@ use crate::common::*;
 #[test]
 fn health_needs_no_key_and_everything_else_does() {
     let daemon = Daemon::start(&simple_config(&["a"], "", "apiKeys: [sk-one, sk-two]"));
-    let health = get(&daemon.url("/health"));
-    assert_eq!((health.status, health.body.as_str()), (200, "OK"));
+    for path in ["/health", "/wol-health"] {
+        let health = get(&daemon.url(path));
+        assert_eq!((health.status, health.body.as_str()), (200, "OK"), "{path}");
+    }
+    // `/upstream` alone sends a browser to the model list (no key needed for a redirect).
+    let redirect = raw_exchange(
+        &daemon.addr,
+        b"GET /upstream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(30),
+    );
+    assert!(redirect.starts_with("HTTP/1.1 302"), "{redirect}");
+    assert!(redirect.contains("Location: /ui/models\r\n"), "{redirect}");
     for path in [
         "/v1/models",
         "/running",
         "/logs",
         "/logs/stream",
         "/api/version",
+        "/upstream/a/health",
+        "/comfyui/",
     ] {
         let reply = get(&daemon.url(path));
         assert_eq!(reply.status, 401, "{path} answered without a key");
@@ -443,6 +455,19 @@ fn static_files_and_comfyui_paths_never_load_a_model() {
     assert!(daemon.running_states().is_empty());
     assert_eq!(get(&daemon.url("/upstream/a/app.js")).status, 200);
     assert_eq!(get(&daemon.url("/comfyui/")).status, 404);
+}
+
+#[test]
+fn audio_api_tasks_route_by_body_without_their_prefix() {
+    let daemon = Daemon::start(&simple_config(&["tts"], "", ""));
+    let reply = post_json(
+        &daemon.url("/audioapi/v1/tasks/run"),
+        &json!({"model": "tts", "task": "speak"}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let echoed = reply.json();
+    assert_eq!(echoed["model_served"], "tts");
+    assert_eq!(echoed["path"], "/v1/tasks/run");
 }
 
 #[test]
