@@ -112,12 +112,9 @@ pub(crate) fn build(
     model: &Fields<'_>,
     reporter: &mut Reporter<'_>,
 ) -> Result<Capabilities, ConfigError> {
-    let Some(mapping) = model.mapping("capabilities", reporter, "a mapping")? else {
+    let Some(fields) = model.section("capabilities", super::schema::CAPABILITIES, reporter)? else {
         return Ok(Capabilities::default());
     };
-    let path = model.path("capabilities");
-    super::schema::check_keys(mapping, &path, super::schema::CAPABILITIES, reporter);
-    let fields = Fields::new(mapping, &path);
     let context = match fields.int("context", reporter)? {
         None => 0,
         Some(value) => u64::try_from(value).map_err(|_| {

@@ -47,12 +47,9 @@ pub(crate) fn build(
     top: &Fields<'_>,
     reporter: &mut Reporter<'_>,
 ) -> Result<IgnorePaths, ConfigError> {
-    let Some(mapping) = top.mapping("upstream", reporter, "a mapping")? else {
+    let Some(fields) = top.section("upstream", super::schema::UPSTREAM, reporter)? else {
         return Ok(IgnorePaths::default());
     };
-    let path = top.path("upstream");
-    super::schema::check_keys(mapping, &path, super::schema::UPSTREAM, reporter);
-    let fields = Fields::new(mapping, &path);
     let mut patterns = Vec::new();
     for (index, text) in fields
         .strings("ignorePaths", reporter)?

@@ -30,12 +30,9 @@ pub(crate) fn build(
     fields: &Fields<'_>,
     reporter: &mut Reporter<'_>,
 ) -> Result<Timeouts, ConfigError> {
-    let Some(mapping) = fields.mapping("timeouts", reporter, "a mapping of timeouts")? else {
+    let Some(timeouts) = fields.section("timeouts", KEYS, reporter)? else {
         return Ok(Timeouts::default());
     };
-    let path = fields.path("timeouts");
-    super::schema::check_keys(mapping, &path, KEYS, reporter);
-    let timeouts = Fields::new(mapping, &path);
     let seconds =
         |key: &str, reporter: &mut Reporter<'_>| -> Result<Option<Duration>, ConfigError> {
             let value = timeouts.seconds(key, reporter, 0)?;

@@ -247,6 +247,22 @@ impl<'m> Fields<'m> {
         }
     }
 
+    /// The mapping at `key` as fields of their own, its keys checked against `known` (unknown
+    /// ones are warnings); `None` when absent.
+    pub(crate) fn section(
+        &self,
+        key: &str,
+        known: &[&str],
+        reporter: &mut Reporter<'_>,
+    ) -> Result<Option<Fields<'m>>, ConfigError> {
+        let Some(mapping) = self.mapping(key, reporter, "a mapping")? else {
+            return Ok(None);
+        };
+        let path = self.path(key);
+        super::super::schema::check_keys(mapping, &path, known, reporter);
+        Ok(Some(Fields::new(mapping, &path)))
+    }
+
     pub(crate) fn strings(
         &self,
         key: &str,

@@ -166,14 +166,10 @@ fn ignore_websockets(
     fields: &Fields<'_>,
     reporter: &mut Reporter<'_>,
 ) -> Result<bool, ConfigError> {
-    let Some(compat) = fields.mapping("compat", reporter, "a mapping")? else {
+    let Some(compat) = fields.section("compat", schema::COMPAT, reporter)? else {
         return Ok(false);
     };
-    let path = fields.path("compat");
-    schema::check_keys(compat, &path, schema::COMPAT, reporter);
-    Ok(Fields::new(compat, &path)
-        .bool("ignoreWebsockets", reporter)?
-        .unwrap_or(false))
+    Ok(compat.bool("ignoreWebsockets", reporter)?.unwrap_or(false))
 }
 
 /// Reads a model's `aliases`: strings, or (as some llama-swap versions write them) mappings
