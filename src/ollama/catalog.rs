@@ -272,24 +272,65 @@ pub fn details(file: &ModelFile) -> Value {
 /// A stable fingerprint of the model's identity and file (FNV-1a, 64 bits, hex). It is not
 /// Ollama's manifest sha256, which swapd has no manifest for; clients use it to notice changes.
 pub fn digest(model: &ModelConfig, file: &ModelFile) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for byte in bytes {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        hash ^= 0xff;
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    };
-    feed(model.id.as_bytes());
-    feed(model.cmd_display.as_bytes());
-    feed(&file.size.to_le_bytes());
     let modified = file
         .modified
         .and_then(|time| time.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |since| since.as_nanos());
-    feed(&modified.to_le_bytes());
+    fnv_digest(&[
+        model.id.as_bytes(),
+        model.cmd_display.as_bytes(),
+        &file.size.to_le_bytes(),
+        &modified.to_le_bytes(),
+    ])
+}
+
+/// FNV-1a over the parts, each followed by a separator byte, as 16 hex digits.
+fn fnv_digest(parts: &[&[u8]]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in part.iter().chain(&[0xff]) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
     format!("{hash:016x}")
+}
+
+/// A peer's model in `/api/tags`: its `<peer>/<model>` name; swapd knows nothing of its file.
+pub fn peer_tags_entry(fqn: &str, modified: SystemTime) -> Value {
+    let name = translate::listed_name(fqn);
+    json!({
+        "name": name,
+        "model": name,
+        "modified_at": timestamp(modified),
+        "size": 0,
+        "digest": fnv_digest(&[b"peer", fqn.as_bytes()]),
+        "details": peer_details(),
+    })
+}
+
+/// `/api/show` for a peer's model: what swapd knows (the peer), nothing of the file.
+pub fn peer_show(fqn: &str, peer_id: &str, modified: SystemTime) -> Value {
+    json!({
+        "modelfile": format!("# Served by swapd's peer '{peer_id}' as '{fqn}'\n"),
+        "parameters": "",
+        "template": "",
+        "details": peer_details(),
+        "model_info": {},
+        "capabilities": ["completion"],
+        "modified_at": timestamp(modified),
+    })
+}
+
+fn peer_details() -> Value {
+    json!({
+        "parent_model": "",
+        "format": "",
+        "family": "",
+        "families": null,
+        "parameter_size": "",
+        "quantization_level": "",
+    })
 }
 
 /// RFC 3339 for a system time.

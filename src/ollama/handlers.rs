@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::{json, Value};
 
 use crate::activity::inflight::{Entry, Tracked};
+use crate::config::PeerConfig;
 use crate::http::ResponseWriter;
 use crate::proxy::forward::{cancel_message, cancellable, Outgoing};
 use crate::proxy::{read_body, App, ClientSocket};
@@ -160,23 +161,35 @@ fn read_json(app: &App, request: &mut tiny_http::Request) -> Result<Value, Failu
         .map_err(|error| Failure::new(400, format!("request body is not valid JSON: {error}")))
 }
 
-/// A requested model found in the config: its id and the name it was found by.
+/// A requested model found in the config: its id (a peer's model: `<peer>/<model>`) and the
+/// name it was found by.
 struct Resolved {
     id: String,
     name: String,
+    /// Set for a peer's model.
+    peer: Option<PeerModel>,
+}
+
+/// A peer's model: the peer, and the name the peer knows the model by.
+struct PeerModel {
+    peer: PeerConfig,
+    model: String,
 }
 
 /// Finds a model by the name a client sent: exactly, without `:latest`, then ignoring case
-/// (Ollama matches names case-insensitively).
+/// (Ollama matches names case-insensitively); local models first, then peers' models (by
+/// `<peer>/<model>`, or a bare name only one peer has), as on the OpenAI routes.
 fn resolve(app: &App, requested: &str) -> Option<Resolved> {
     let config = app.config();
     let names = translate::lookup_names(requested);
+    let local = |id: &str, name: &str| Resolved {
+        id: id.to_string(),
+        name: name.to_string(),
+        peer: None,
+    };
     for name in &names {
         if let Some(id) = config.resolve_model(name) {
-            return Some(Resolved {
-                id: id.to_string(),
-                name: name.to_string(),
-            });
+            return Some(local(id, name));
         }
     }
     for name in &names {
@@ -185,13 +198,55 @@ fn resolve(app: &App, requested: &str) -> Option<Resolved> {
             .keys()
             .find(|id| id.eq_ignore_ascii_case(name))
         {
-            return Some(Resolved {
-                id: id.clone(),
-                name: id.clone(),
-            });
+            return Some(local(id, id));
         }
     }
-    None
+    names.iter().find_map(|name| {
+        let (peer, model) = config.peers.resolve(name)?;
+        Some(Resolved {
+            id: crate::config::peer_fqn(&peer.id, model),
+            name: name.to_string(),
+            peer: Some(PeerModel {
+                peer: peer.clone(),
+                model: model.to_string(),
+            }),
+        })
+    })
+}
+
+/// Where a translated request goes: a local model, through the lease that keeps it loaded, or
+/// a peer's model.
+enum Upstream {
+    Local(Lease),
+    Peer { id: String, peer: PeerConfig },
+}
+
+impl Upstream {
+    fn base(&self) -> &str {
+        match self {
+            Upstream::Local(lease) => lease.upstream(),
+            Upstream::Peer { peer, .. } => &peer.proxy,
+        }
+    }
+
+    /// The model's id, for messages.
+    fn model(&self) -> &str {
+        match self {
+            Upstream::Local(lease) => lease.model(),
+            Upstream::Peer { id, .. } => id,
+        }
+    }
+
+    /// The read and connect timeouts: the model's or the peer's own, else swapd's.
+    fn timeouts(&self, app: &App) -> (Duration, Option<Duration>) {
+        match self {
+            Upstream::Local(lease) => app.model_timeouts(lease.model()),
+            Upstream::Peer { peer, .. } => (
+                peer.read_timeout.unwrap_or(app.limits().upstream_timeout),
+                Some(peer.connect_timeout),
+            ),
+        }
+    }
 }
 
 fn requested_model(body: &Value) -> &str {
@@ -290,6 +345,8 @@ fn wait_for_lease(
 /// A translated request about to be served: what [`admit`] needs.
 struct Admission<'a> {
     model_id: &'a str,
+    /// Set for a peer's model: no lease, no `keep_alive`.
+    peer: Option<&'a PeerModel>,
     /// The OpenAI-compatible endpoint and body sent upstream.
     upstream_path: &'a str,
     upstream_body: Vec<u8>,
@@ -300,26 +357,44 @@ struct Admission<'a> {
 }
 
 /// Registers the request in flight (the entry, for `/api/events` and the operator's cancel,
-/// owns the upstream request from here on), takes a lease on the model and applies
+/// owns the upstream request from here on), takes a lease on a local model and applies
 /// `keep_alive` while the lease is held (so even "unload now" cannot stop the model before this
-/// request has run). Returns the entry, the lease and the time the model took to be ready.
+/// request has run). Returns the entry, where the request goes and the time the model took to
+/// be ready.
 fn admit<'a>(
     app: &'a App,
     request: &tiny_http::Request,
     client: &ClientSocket,
     admission: Admission<'_>,
-) -> Result<(Tracked<'a>, Lease, Duration), Option<Failure>> {
+) -> Result<(Tracked<'a>, Upstream, Duration), Option<Failure>> {
+    let model_id = admission.model_id;
+    let headers = match admission.peer {
+        None => upstream_headers(request),
+        Some(peer) => crate::proxy::peers::json_headers(app, request, &peer.peer, model_id)
+            .map_err(|message| {
+                record_unmetered(app, model_id, admission.path, 508, admission.started);
+                Some(Failure::new(508, message))
+            })?,
+    };
     let outgoing = Outgoing {
         method: "POST".to_string(),
         path_and_query: admission.upstream_path.to_string(),
-        headers: upstream_headers(request),
+        headers,
         body: admission.upstream_body,
         metered: true,
     };
-    let model_id = admission.model_id;
     let tracked = app
         .inflight()
         .begin(model_id, outgoing, request.remote_addr().copied());
+    if let Some(peer) = admission.peer {
+        // A peer runs its models itself: nothing to wait for, and `keep_alive` is its business.
+        app.metrics().label_peer(model_id, &peer.peer.id);
+        let upstream = Upstream::Peer {
+            id: model_id.to_string(),
+            peer: peer.peer.clone(),
+        };
+        return Ok((tracked, upstream, Duration::ZERO));
+    }
     let lease = acquire(
         app,
         model_id,
@@ -332,7 +407,7 @@ fn admit<'a>(
     let load = admission.started.elapsed();
     app.supervisor()
         .set_idle(model_id, idle_override(admission.keep_alive));
-    Ok((tracked, lease, load))
+    Ok((tracked, Upstream::Local(lease), load))
 }
 
 /// What `keep_alive` does to the model's idle time; absent restores the config's `ttl`.
@@ -408,8 +483,21 @@ fn upstream_headers(request: &tiny_http::Request) -> Vec<u8> {
 }
 
 /// The upstream body with the model's `useModelName` and `filters` applied, as on the OpenAI
-/// routes.
+/// routes; for a peer's model, the name the peer knows and the peer's `filters`.
 fn upstream_body(app: &App, resolved: &Resolved, mut body: Value) -> Result<Vec<u8>, Failure> {
+    if let Some(peer) = &resolved.peer {
+        body["model"] = json!(peer.model);
+        let bytes = serde_json::to_vec(&body).expect("a JSON value always serialises");
+        let filters = &peer.peer.filters;
+        if filters.strip_params.is_empty()
+            && filters.set_params.is_empty()
+            && !filters.set_params_by_id.contains_key(&resolved.name)
+        {
+            return Ok(bytes);
+        }
+        return crate::proxy::extract::rewrite_json_with(&bytes, filters, &resolved.name, None)
+            .map_err(|error| Failure::new(400, error.to_string()));
+    }
     body["model"] = json!(resolved.name);
     let config = app.config();
     let bytes = serde_json::to_vec(&body).expect("a JSON value always serialises");
@@ -425,13 +513,13 @@ fn upstream_body(app: &App, resolved: &Resolved, mut body: Value) -> Result<Vec<
 }
 
 fn upstream_failure(
-    lease: &Lease,
+    upstream: &Upstream,
     path: &str,
     error: &UpstreamError,
     timeout: Duration,
 ) -> Failure {
-    let model = lease.model();
-    let url = format!("{}{path}", lease.upstream());
+    let model = upstream.model();
+    let url = format!("{}{path}", upstream.base());
     match error {
         UpstreamError::Timeout => Failure::new(
             504,
@@ -471,10 +559,10 @@ fn upstream_error_message(status: u16, bytes: &[u8]) -> String {
 /// answer (errors translated; an operator's cancel cuts it).
 fn exchange_json(
     app: &App,
-    lease: Lease,
+    lease: Upstream,
     tracked: &Entry,
 ) -> Result<(Value, crate::metrics::TokenUsage), Failure> {
-    let timeout = app.limits().upstream_timeout;
+    let (timeout, connect_timeout) = lease.timeouts(app);
     let outgoing = tracked.outgoing();
     let path = outgoing.path_and_query.as_str();
     let request = crate::upstream::Request {
@@ -485,10 +573,10 @@ fn exchange_json(
     };
     let cancelled = || Failure::new(503, cancel_message(lease.model()));
     let sent = app.upstream().send_observed(
-        lease.upstream(),
+        lease.base(),
         &request,
         Some(timeout),
-        None,
+        connect_timeout,
         &cancellable(tracked),
     );
     let response = match sent {

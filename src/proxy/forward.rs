@@ -128,20 +128,12 @@ pub fn forward(
 ) -> Outcome {
     let model = lease.model().to_string();
     let base = lease.upstream().to_string();
-    // The model's own `timeouts`, where it sets them.
-    let timeouts = app
-        .config()
-        .models
-        .get(&model)
-        .map(|config| config.timeouts)
-        .unwrap_or_default();
+    let (read_timeout, connect_timeout) = app.model_timeouts(&model);
     let target = Target {
         base: &base,
         kind: TargetKind::Model(&model),
-        read_timeout: timeouts
-            .response_header
-            .unwrap_or_else(|| app.limits().upstream_timeout),
-        connect_timeout: timeouts.connect,
+        read_timeout,
+        connect_timeout,
     };
     forward_to(
         app,

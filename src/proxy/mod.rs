@@ -163,6 +163,22 @@ impl App {
         &self.upstream
     }
 
+    /// The read and connect timeouts for the local model `model`: its own `timeouts` where
+    /// set, else swapd's (`swapd.upstreamTimeout`; `None`: the upstream client's connect
+    /// timeout).
+    pub fn model_timeouts(&self, model: &str) -> (Duration, Option<Duration>) {
+        let config = self.config();
+        let timeouts = config
+            .models
+            .get(model)
+            .map(|model| model.timeouts)
+            .unwrap_or_default();
+        let read = timeouts
+            .response_header
+            .unwrap_or(config.limits.upstream_timeout);
+        (read, timeouts.connect)
+    }
+
     /// When this App was made (the daemon's start, for uptimes).
     pub fn started_at(&self) -> Instant {
         self.started_at

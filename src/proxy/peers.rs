@@ -155,14 +155,7 @@ pub fn forward(
     let via = super::routes::header(&request, "Via")
         .unwrap_or("")
         .to_string();
-    if app.peers.has_passed_here(&via) {
-        let message = format!(
-            "loop detected: this request for '{}' already passed through this swapd (Via: {via}); peer '{}' at {} leads back here",
-            call.requested,
-            peer.id,
-            peer.address()
-        );
-        log::warn!("{message}");
+    if let Some(message) = loop_message(app, &via, peer, call.requested) {
         return http::send_error(request, 508, &message, Some("loop_detected"), &[]);
     }
     let renamed = call.requested != peer_model;
@@ -269,6 +262,46 @@ pub fn forward(
     );
 }
 
+/// The error (logged) for a request that already passed through this swapd, by its `Via`.
+fn loop_message(app: &App, via: &str, peer: &PeerConfig, requested: &str) -> Option<String> {
+    if !app.peers.has_passed_here(via) {
+        return None;
+    }
+    let message = format!(
+        "loop detected: this request for '{requested}' already passed through this swapd (Via: {via}); peer '{}' at {} leads back here",
+        peer.id,
+        peer.address()
+    );
+    log::warn!("{message}");
+    Some(message)
+}
+
+/// The header lines for a JSON request that swapd wrote itself (an Ollama request translated
+/// to the OpenAI API) and sends to `peer`: the client's headers as for any peer request (its
+/// credentials replaced by the peer's `apiKey`, the hop added to `X-Forwarded-For` and `Via`),
+/// with `Content-Type: application/json`. `Err` with the message (logged) when the request
+/// already passed through this swapd.
+pub fn json_headers(
+    app: &App,
+    request: &tiny_http::Request,
+    peer: &PeerConfig,
+    requested: &str,
+) -> Result<Vec<u8>, String> {
+    let via = super::routes::header(request, "Via").unwrap_or("");
+    if let Some(message) = loop_message(app, via, peer, requested) {
+        return Err(message);
+    }
+    let mut lines = b"Content-Type: application/json\r\n".to_vec();
+    lines.extend_from_slice(&peer_headers_except(
+        app,
+        request,
+        peer,
+        via,
+        "content-type",
+    ));
+    Ok(lines)
+}
+
 /// Replaces the value of `model=` in a query string.
 fn rewrite_query_model(query: &str, model: &str) -> String {
     query
@@ -297,11 +330,25 @@ fn percent_encode(text: &str) -> String {
 /// `Host` from the peer URL), credentials replaced when the peer has an `apiKey`, and the hop
 /// recorded in `X-Forwarded-For` and `Via`.
 fn peer_headers(app: &App, request: &tiny_http::Request, peer: &PeerConfig, via: &str) -> Vec<u8> {
+    peer_headers_except(app, request, peer, via, "via")
+}
+
+/// [`peer_headers`], leaving out the client's `skip` header too.
+fn peer_headers_except(
+    app: &App,
+    request: &tiny_http::Request,
+    peer: &PeerConfig,
+    via: &str,
+    skip: &str,
+) -> Vec<u8> {
     let mut lines = Vec::with_capacity(512);
     let mut forwarded_for = String::new();
     for header in request.headers() {
         let name = header.field.as_str().as_str();
-        if forward::is_hop_by_hop(name) || name.eq_ignore_ascii_case("via") {
+        if forward::is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case("via")
+            || name.eq_ignore_ascii_case(skip)
+        {
             continue;
         }
         if name.eq_ignore_ascii_case("x-forwarded-for") {

@@ -434,6 +434,18 @@ impl Worker {
                         self.add(job, now);
                     }
                 } else {
+                    let hangup = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+                    if event.events & hangup != 0 {
+                        // Perhaps the client's socket (it shares the token): then the extra
+                        // read this costs the upstream side finds nothing, harmlessly.
+                        if let Some(stream) = self
+                            .streams
+                            .get_mut(token as usize)
+                            .and_then(Option::as_mut)
+                        {
+                            stream.upstream.peer_closing();
+                        }
+                    }
                     self.pump(token as usize, now);
                 }
             }

@@ -764,3 +764,89 @@ fn upstream_paths_reach_peer_models() {
     // A name no peer lists is still a 404.
     assert_eq!(get(&front.url("/upstream/one/nope/health")).status, 404);
 }
+
+#[test]
+fn ollama_routes_reach_peer_models() {
+    let peer = FakePeer::start("served-by-peer");
+    let front = Daemon::start(&front_config(
+        &["local"],
+        "",
+        &format!(
+            "  gpu:\n    proxy: '{}'\n    models: [big, embedder]\n    apiKey: peer-key\n    filters:\n      setParams: {{temperature: 0.3}}\n",
+            peer.url()
+        ),
+    ));
+
+    // A whole chat answer, by FQN: sent as OpenAI to the peer under the peer's name, with the
+    // peer's key and filters, and translated back.
+    let reply = post_raw(
+        &front.url("/api/chat"),
+        "text/plain",
+        json!({"model": "gpu/big", "messages": [{"role": "user", "content": "hi"}], "stream": false})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let answer = reply.json();
+    assert_eq!(answer["model"], "gpu/big");
+    assert_eq!(answer["message"]["content"], "hello from served-by-peer");
+    assert_eq!(answer["done"], true);
+    let sent = peer.last_post();
+    assert_eq!(sent["path"], "/v1/chat/completions");
+    assert_eq!(sent["body"]["model"], "big");
+    assert_eq!(sent["body"]["temperature"], 0.3);
+    assert_eq!(sent["headers"]["authorization"], "Bearer peer-key");
+    assert_eq!(sent["headers"]["content-type"], "application/json");
+    assert!(sent["headers"]["via"].is_string(), "{sent}");
+
+    // A bare name only this peer has, with Ollama's `:latest`, streamed as NDJSON.
+    let reply = post_json(
+        &front.url("/api/generate"),
+        &json!({"model": "big:latest", "prompt": "hi"}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let lines: Vec<Value> = reply
+        .body
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("an NDJSON line"))
+        .collect();
+    assert!(lines.len() >= 2, "{}", reply.body);
+    assert_eq!(lines.last().expect("a last line")["done"], true);
+    assert_eq!(peer.last_post()["body"]["stream"], true);
+
+    // Embeddings, and an empty (load-only) request, which a peer needs nothing for.
+    let reply = post_json(
+        &front.url("/api/embed"),
+        &json!({"model": "gpu/embedder", "input": "x"}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(peer.last_post()["path"], "/v1/embeddings");
+    assert_eq!(peer.last_post()["body"]["model"], "embedder");
+    assert!(reply.json()["embeddings"][0].is_array(), "{}", reply.body);
+    let reply = post_json(&front.url("/api/chat"), &json!({"model": "gpu/big"}));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["done_reason"], "load");
+
+    // Listed by /api/tags and described by /api/show.
+    let tags = get_json(&front.url("/api/tags"));
+    let names: Vec<&str> = tags["models"]
+        .as_array()
+        .expect("models")
+        .iter()
+        .filter_map(|model| model["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"gpu/big:latest") && names.contains(&"gpu/embedder:latest"),
+        "{names:?}"
+    );
+    let show = post_json(&front.url("/api/show"), &json!({"model": "gpu/big"}));
+    assert_eq!(show.status, 200, "{}", show.body);
+    assert!(show.json()["modelfile"]
+        .as_str()
+        .unwrap_or("")
+        .contains("gpu"));
+    assert!(
+        front.children().is_empty(),
+        "peer requests start no local model"
+    );
+}

@@ -782,7 +782,7 @@ fn absurd_paths_get_4xx() {
         ("/api/models/unload/%2e%2e", 400),
         ("/logs/stream/..%2F..%2Fetc", 400),
         ("/upstream/", 404),
-        ("/upstream", 404),
+        // `/upstream` alone redirects to the UI (llama-swap's route): see `proxy::health_…`.
         ("/upstream/nope/x", 404),
         ("/upstream/a%00/x", 404),
         ("/upstream/%ff/x", 404),

@@ -41,7 +41,9 @@ pub(super) fn embed(app: &App, mut request: tiny_http::Request, legacy: bool) {
         }
     };
     if parsed.inputs.is_empty() && parsed.keep_alive == Some(KeepAlive::Unload) {
-        app.supervisor().unload(Some(&resolved.id));
+        if resolved.peer.is_none() {
+            app.supervisor().unload(Some(&resolved.id));
+        }
         return send_json(request, 200, &empty());
     }
     let mut upstream_request = translate::embed_upstream_body(&parsed);
@@ -56,6 +58,7 @@ pub(super) fn embed(app: &App, mut request: tiny_http::Request, legacy: bool) {
     };
     let admission = Admission {
         model_id: &resolved.id,
+        peer: resolved.peer.as_ref(),
         upstream_path: "/v1/embeddings",
         upstream_body: upstream_bytes,
         keep_alive: parsed.keep_alive,

@@ -4,7 +4,7 @@
 use super::{
     acquire, admit, allow_origin, idle_override, not_found, now, read_json, read_whole, record,
     record_unmetered, requested_model, resolve, send_json, upstream_body, upstream_error_message,
-    upstream_failure, Admission, Failure, Resolved,
+    upstream_failure, Admission, Failure, Resolved, Upstream,
 };
 use crate::activity::inflight::Entry;
 use crate::http::ResponseWriter;
@@ -13,7 +13,6 @@ use crate::ollama::translate::{KeepAlive, Kind, Measured};
 use crate::ollama::{catalog, stream, translate};
 use crate::proxy::forward::{cancel_message, cancellable};
 use crate::proxy::{client_of_request, App, ClientSocket};
-use crate::supervisor::Lease;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -64,6 +63,7 @@ pub(super) fn generation(app: &App, mut request: tiny_http::Request, kind: Kind)
     };
     let admission = Admission {
         model_id: &resolved.id,
+        peer: resolved.peer.as_ref(),
         upstream_path: translated.endpoint.path(),
         upstream_body,
         keep_alive: translated.keep_alive,
@@ -78,7 +78,7 @@ pub(super) fn generation(app: &App, mut request: tiny_http::Request, kind: Kind)
     let outgoing = entry.outgoing();
 
     let endpoint_path = outgoing.path_and_query.as_str();
-    let timeout = app.limits().upstream_timeout;
+    let (timeout, connect_timeout) = lease.timeouts(app);
     let upstream_request = crate::upstream::Request {
         method: "POST",
         path_and_query: endpoint_path,
@@ -87,10 +87,10 @@ pub(super) fn generation(app: &App, mut request: tiny_http::Request, kind: Kind)
     };
     let sent_at = Instant::now();
     let sent = app.upstream().send_observed(
-        lease.upstream(),
+        lease.base(),
         &upstream_request,
         Some(timeout),
-        None,
+        connect_timeout,
         &cancellable(entry),
     );
     let response = match sent {
@@ -218,7 +218,9 @@ fn load_or_unload(
         Kind::Generate => "/api/generate",
     };
     let unload = translated.keep_alive == Some(KeepAlive::Unload);
-    if unload {
+    if resolved.peer.is_some() {
+        // A peer loads and unloads its models itself; there is nothing to do here.
+    } else if unload {
         app.supervisor().unload(Some(&resolved.id));
     } else {
         match acquire(app, &resolved.id, client, true, path, started, None) {
@@ -250,7 +252,7 @@ fn stream_ndjson(
     app: &App,
     request: tiny_http::Request,
     reader: &mut crate::upstream::Body<'_>,
-    lease: Lease,
+    lease: Upstream,
     context: &StreamContext,
     tracked: &Entry,
 ) -> (u16, crate::metrics::TokenUsage, Option<Duration>) {

@@ -18,6 +18,13 @@ pub(super) fn tags(app: &App, request: tiny_http::Request) {
         .filter(|model| !model.unlisted)
         .map(|model| catalog::tags_entry(model, &catalog::model_file(model), fallback))
         .collect();
+    // Peers' models after the local ones, by `<peer>/<model>` (as `/v1/models` lists them).
+    for peer in config.peers.peers.values() {
+        for model in &peer.models {
+            let fqn = crate::config::peer_fqn(&peer.id, model);
+            models.push(catalog::peer_tags_entry(&fqn, fallback));
+        }
+    }
     models.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     send_json(request, 200, &json!({ "models": models }));
 }
@@ -77,6 +84,10 @@ pub(super) fn show(app: &App, mut request: tiny_http::Request) {
     let Some(resolved) = resolve(app, requested) else {
         return not_found(requested).send(request);
     };
+    if let Some(peer) = &resolved.peer {
+        let answer = catalog::peer_show(&resolved.id, &peer.peer.id, started_at(app));
+        return send_json(request, 200, &answer);
+    }
     let config = app.config();
     let Some(model) = config.models.get(&resolved.id) else {
         return not_found(requested).send(request);

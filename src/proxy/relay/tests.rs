@@ -383,3 +383,69 @@ fn a_relay_whose_thread_is_gone_hands_the_stream_back() {
     assert_eq!(rest, b"data: x\n\n");
     server.join().expect("server");
 }
+
+/// Holds back partial segments on `stream` (TCP_CORK) until it is uncorked or shut down.
+#[allow(unsafe_code)]
+fn cork(stream: &TcpStream) {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket this test owns, with an int option value that lives for
+    // the call.
+    let result = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            &on as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(result, 0, "TCP_CORK: {}", io::Error::last_os_error());
+}
+
+#[test]
+fn a_close_that_comes_with_the_last_data_ends_the_stream_at_once() {
+    // The last event and the upstream's close arrive as one segment (corked, then shut down),
+    // so the relay, already waiting, gets a single edge for both: it must see the end of file
+    // without waiting for another edge that never comes (until the read timeout).
+    let (go_on, wait) = mpsc::channel::<()>();
+    let (base, server) = upstream(move |mut stream| {
+        stream.write_all(HEAD).expect("head");
+        stream.write_all(&chunk(b"data: one\n\n")).expect("first");
+        wait.recv().expect("go on");
+        cork(&stream);
+        stream.write_all(&chunk(b"data: two\n\n")).expect("second");
+        // No last chunk: the body ends short, with the FIN on the same segment.
+        stream
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown");
+    });
+    let client = crate::upstream::Client::new(Duration::from_secs(5));
+    let response = client
+        .send(&base, &get(), Some(Duration::from_secs(20)))
+        .expect("head");
+    let mut body = response.into_body();
+    let (relay_end, mut test_end) = client_pair();
+    let reader = thread::spawn(move || {
+        // The first event at the client: the relay has the stream and waits for more.
+        let mut first = vec![0u8; chunk(b"data: one\n\n").len()];
+        test_end.read_exact(&mut first).expect("first event");
+        go_on.send(()).expect("upstream waits");
+        // The client stays connected (a hang-up on its side would wake the relay too).
+        test_end
+    });
+    let (relayed, _) = relay(
+        shared_test_relay(),
+        &mut body,
+        relay_end,
+        Duration::from_secs(15),
+    );
+    match relayed.end {
+        End::Upstream(error) => assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "{error}"),
+        other => panic!("expected a truncated body, got {other:?}"),
+    }
+    let total = (b"data: one\n\n".len() + b"data: two\n\n".len()) as u64;
+    assert_eq!(relayed.bytes, total);
+    let test_end = reader.join().expect("reader");
+    server.join().expect("server");
+    drop(test_end);
+}
