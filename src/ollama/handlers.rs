@@ -18,9 +18,10 @@ use serde_json::{json, Value};
 use crate::activity::inflight::{Entry, Tracked};
 use crate::config::PeerConfig;
 use crate::http::ResponseWriter;
+use crate::proxy::acquire::{wait_for_lease, Waited};
 use crate::proxy::forward::{cancel_message, cancellable, Outgoing};
 use crate::proxy::{read_body, App, ClientSocket};
-use crate::supervisor::{AcquireError, IdleOverride, Lease, Reply};
+use crate::supervisor::{AcquireError, IdleOverride, Lease};
 use crate::upstream::UpstreamError;
 
 use super::catalog;
@@ -278,68 +279,28 @@ fn acquire(
     started: Instant,
     tracked: Option<&Entry>,
 ) -> Result<Lease, Option<Failure>> {
-    let result = wait_for_lease(app, model_id, client, explicit_load, tracked);
-    if let Err(Some(failure)) = &result {
-        record_unmetered(app, model_id, path, failure.status, started);
-    }
-    result
-}
-
-fn wait_for_lease(
-    app: &App,
-    model_id: &str,
-    client: &ClientSocket,
-    explicit_load: bool,
-    tracked: Option<&Entry>,
-) -> Result<Lease, Option<Failure>> {
-    if let Some(lease) = app.supervisor().try_lease(model_id) {
-        return Ok(lease);
-    }
-    let mut ticket = if explicit_load {
-        app.supervisor().request_load(model_id)
-    } else {
-        app.supervisor().request(model_id)
-    };
-    loop {
-        match ticket.wait(Duration::from_millis(250)) {
-            // The grant may have raced with the client's departure: give it back unused, so a
-            // model started only for this client does not stay loaded.
-            Some(Reply::Granted(lease)) if !explicit_load && client.is_gone() => {
-                log::info!("client left while waiting for '{model_id}'; request withdrawn");
-                lease.withdraw();
-                return Err(None);
-            }
-            Some(Reply::Granted(lease)) => return Ok(lease),
-            Some(Reply::Failed(error)) => {
-                let status = match &error {
-                    AcquireError::UnknownModel(_) => 404,
-                    AcquireError::TooManyRequests(_) => 429,
-                    AcquireError::StartFailed(_)
-                    | AcquireError::Unloaded(_)
-                    | AcquireError::ShuttingDown
-                    | AcquireError::TooLarge(_) => 503,
-                    #[allow(unreachable_patterns)] // non_exhaustive for other crates only.
-                    _ => 500,
-                };
-                let mut failure = Failure::new(status, error.to_string());
-                failure.retry_after = status == 429;
-                return Err(Some(failure));
-            }
-            Some(Reply::Queued) => {}
-            None => {
-                if client.is_gone() {
-                    log::info!("client left while waiting for '{model_id}'; request withdrawn");
-                    return Err(None);
-                }
-                if tracked.is_some_and(Entry::is_cancelled) {
-                    // Dropping the ticket withdraws the request from the queue.
-                    let message = cancel_message(model_id);
-                    log::info!("{message} while it waited for the model");
-                    return Err(Some(Failure::new(503, message)));
-                }
-            }
+    let failure = match wait_for_lease(app, model_id, client, explicit_load, tracked) {
+        Ok(lease) => return Ok(lease),
+        Err(Waited::ClientLeft) => return Err(None),
+        Err(Waited::Cancelled(message)) => Failure::new(503, message),
+        Err(Waited::Failed(error)) => {
+            let status = match &error {
+                AcquireError::UnknownModel(_) => 404,
+                AcquireError::TooManyRequests(_) => 429,
+                AcquireError::StartFailed(_)
+                | AcquireError::Unloaded(_)
+                | AcquireError::ShuttingDown
+                | AcquireError::TooLarge(_) => 503,
+                #[allow(unreachable_patterns)] // non_exhaustive for other crates only.
+                _ => 500,
+            };
+            let mut failure = Failure::new(status, error.to_string());
+            failure.retry_after = status == 429;
+            failure
         }
-    }
+    };
+    record_unmetered(app, model_id, path, failure.status, started);
+    Err(Some(failure))
 }
 
 /// A translated request about to be served: what [`admit`] needs.

@@ -8,6 +8,7 @@
 // eventfd).
 #![deny(unsafe_code)]
 
+pub mod acquire;
 pub mod extract;
 pub mod forward;
 pub mod guard;

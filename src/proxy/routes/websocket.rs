@@ -14,9 +14,10 @@ use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::http::{self, ResponseWriter};
-use crate::supervisor::{Lease, Reply};
+use crate::supervisor::Lease;
 use crate::upstream::{Request, Switched, Upgrade};
 
+use super::super::acquire::{wait_for_lease, Waited};
 use super::super::{client_of_request, App};
 use super::{header, inference};
 
@@ -52,39 +53,18 @@ pub(super) fn pass(app: &App, request: tiny_http::Request, model_id: &str, path:
         (None, model.proxy.clone())
     } else {
         let client = client_of_request(&request);
-        match acquire(app, model_id, &|| client.is_gone()) {
-            Ok(Some(lease)) => {
+        match wait_for_lease(app, model_id, &client, false, None) {
+            Ok(lease) => {
                 let base = lease.upstream().to_string();
                 (Some(lease), base)
             }
-            // The client left while the model was starting.
-            Ok(None) => return,
-            Err(error) => return inference::send_acquire_error(request, &error),
+            Err(Waited::Failed(error)) => return inference::send_acquire_error(request, &error),
+            // The client left while the model was starting (no entry, so no cancel).
+            Err(Waited::ClientLeft | Waited::Cancelled(_)) => return,
         }
     };
     drop(config);
     relay(app, request, model_id, &base, path, lease);
-}
-
-/// A lease on `model_id`, waiting for its start if need be; `Ok(None)` once `gone` says the
-/// client left.
-fn acquire(
-    app: &App,
-    model_id: &str,
-    gone: &dyn Fn() -> bool,
-) -> Result<Option<Lease>, crate::supervisor::AcquireError> {
-    if let Some(lease) = app.supervisor.try_lease(model_id) {
-        return Ok(Some(lease));
-    }
-    let mut ticket = app.supervisor.request(model_id);
-    loop {
-        match ticket.wait(Duration::from_millis(250)) {
-            Some(Reply::Granted(lease)) => return Ok(Some(lease)),
-            Some(Reply::Failed(error)) => return Err(error),
-            Some(Reply::Queued) | None if gone() => return Ok(None),
-            Some(Reply::Queued) | None => {}
-        }
-    }
 }
 
 fn relay(
