@@ -191,20 +191,7 @@ pub fn handle(app: &App, request: tiny_http::Request, active: usize) {
                 return inference::comfyui(app, request, &method, rest, query);
             }
             if path == "/comfyui" {
-                // Relative URLs in ComfyUI's page need the trailing slash (llama-swap's redirect).
-                let mut location = String::from("/comfyui/");
-                if !query.is_empty() {
-                    location.push('?');
-                    location.push_str(query);
-                }
-                let status = if matches!(method.as_str(), "GET" | "HEAD") {
-                    301
-                } else {
-                    308
-                };
-                let _ =
-                    ResponseWriter::send_whole(request, status, &[("Location", &location)], b"");
-                return;
+                return redirect_to_directory(request, &method, "/comfyui/", query);
             }
             http::send_error(
                 request,
@@ -215,6 +202,19 @@ pub fn handle(app: &App, request: tiny_http::Request, active: usize) {
             )
         }
     }
+}
+
+/// Redirects to `directory` (a path ending in `/`, for the relative URLs of a page served
+/// there), keeping the query: 301 for GET and HEAD, 308 (method kept) otherwise, as llama-swap
+/// does for `/upstream/<model>` and `/comfyui`.
+fn redirect_to_directory(request: tiny_http::Request, method: &str, directory: &str, query: &str) {
+    let location = crate::upstream::path_and_query(directory, query);
+    let status = if matches!(method, "GET" | "HEAD") {
+        301
+    } else {
+        308
+    };
+    let _ = ResponseWriter::send_whole(request, status, &[("Location", &location)], b"");
 }
 
 /// Whether a path has a `..` segment in any spelling (`..`, `%2e%2E`, `.%2e`, `%2F`-joined).

@@ -435,6 +435,15 @@ fn static_files_and_comfyui_paths_never_load_a_model() {
         redirect.contains("Location: /comfyui/?tab=1\r\n"),
         "{redirect}"
     );
+    // Other methods keep theirs (308), and /upstream/<model> redirects the same way.
+    for (request, location) in [
+        (&b"POST /comfyui HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"[..], "/comfyui/"),
+        (&b"POST /upstream/a?v=2 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"[..], "/upstream/a/?v=2"),
+    ] {
+        let redirect = raw_exchange(&daemon.addr, request, Duration::from_secs(30));
+        assert!(redirect.starts_with("HTTP/1.1 308"), "{redirect}");
+        assert!(redirect.contains(&format!("Location: {location}\r\n")), "{redirect}");
+    }
     let root = get(&daemon.url("/comfyui/"));
     assert_eq!(root.status, 200, "{}", root.body);
     assert_eq!(root.json()["model_served"], "comfyui_auto");

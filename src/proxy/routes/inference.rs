@@ -218,18 +218,8 @@ pub(super) fn upstream(
         );
     };
     if remainder.is_empty() {
-        let mut location = format!("/upstream/{rest}/");
-        if !query.is_empty() {
-            location.push('?');
-            location.push_str(query);
-        }
-        let status = if matches!(method, "GET" | "HEAD") {
-            301
-        } else {
-            308
-        };
-        let _ = ResponseWriter::send_whole(request, status, &[("Location", &location)], b"");
-        return;
+        let directory = format!("/upstream/{rest}/");
+        return super::redirect_to_directory(request, method, &directory, query);
     }
     if let extract::UpstreamTarget::Local(model_id) = &target {
         // A static file of a model's own web UI never loads the model (a stale browser tab
