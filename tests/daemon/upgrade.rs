@@ -133,3 +133,31 @@ fn comfyui_websockets_never_start_comfyui() {
     read_exactly(&mut session, Vec::new(), b"{\"type\":\"status\"}");
     assert_eq!(inflight(&daemon, "comfyui_auto"), Some(0));
 }
+
+#[test]
+fn requests_with_a_body_or_h2c_are_not_upgrades() {
+    let daemon = Daemon::start(&simple_config(&["a"], "", ""));
+    // curl --http2 on a plain-http URL: the request is answered as HTTP/1.1, body and all.
+    let body = r#"{"model":"a","messages":[]}"#;
+    let request = format!(
+        "POST /upstream/a/v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = raw_exchange(&daemon.addr, request.as_bytes(), Duration::from_secs(30));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("\"request_body\":{\"messages\":[],\"model\":\"a\"}"),
+        "{answer}"
+    );
+    // A websocket-style upgrade header on a request with a body is not an upgrade either.
+    let request = format!(
+        "POST /upstream/a/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = raw_exchange(&daemon.addr, request.as_bytes(), Duration::from_secs(30));
+    assert!(!answer.starts_with("HTTP/1.1 101"), "{answer}");
+    assert!(
+        answer.contains("\"model\":\"a\""),
+        "the body arrived: {answer}"
+    );
+}

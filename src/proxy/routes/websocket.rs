@@ -26,9 +26,18 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest answer body passed on when the model refuses the upgrade.
 const MAX_REFUSAL_BODY: usize = 1 << 20;
 
-/// Whether `request` asks for a protocol upgrade (`Connection: upgrade` and an `Upgrade`).
+/// Whether `request` asks for a protocol upgrade this module passes on: `Connection: upgrade`
+/// and an `Upgrade`, without a body (a websocket handshake has none, and only then does
+/// tiny_http hand over the raw connection), and not `h2c` (curl's HTTP/2 attempt, which the
+/// request itself answers as HTTP/1.1).
 pub(super) fn is_upgrade(request: &tiny_http::Request) -> bool {
-    header(request, "Upgrade").is_some()
+    let Some(protocol) = header(request, "Upgrade") else {
+        return false;
+    };
+    let bodyless = header(request, "Transfer-Encoding").is_none()
+        && header(request, "Content-Length").is_none_or(|length| length.trim() == "0");
+    bodyless
+        && !protocol.trim().eq_ignore_ascii_case("h2c")
         && header(request, "Connection").is_some_and(|value| {
             value
                 .split(',')
