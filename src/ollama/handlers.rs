@@ -331,11 +331,13 @@ fn admit<'a>(
     let model_id = admission.model_id;
     let headers = match admission.peer {
         None => upstream_headers(request),
-        Some(peer) => crate::proxy::peers::json_headers(app, request, &peer.peer, model_id)
-            .map_err(|message| {
-                record_unmetered(app, model_id, admission.path, 508, admission.started);
-                Some(Failure::new(508, message))
-            })?,
+        Some(peer) => {
+            crate::proxy::peers::outgoing_headers(app, request, &peer.peer, model_id, true)
+                .map_err(|message| {
+                    record_unmetered(app, model_id, admission.path, 508, admission.started);
+                    Some(Failure::new(508, message))
+                })?
+        }
     };
     let outgoing = Outgoing {
         method: "POST".to_string(),

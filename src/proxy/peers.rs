@@ -276,20 +276,24 @@ fn loop_message(app: &App, via: &str, peer: &PeerConfig, requested: &str) -> Opt
     Some(message)
 }
 
-/// The header lines for a JSON request that swapd wrote itself (an Ollama request translated
-/// to the OpenAI API) and sends to `peer`: the client's headers as for any peer request (its
-/// credentials replaced by the peer's `apiKey`, the hop added to `X-Forwarded-For` and `Via`),
-/// with `Content-Type: application/json`. `Err` with the message (logged) when the request
-/// already passed through this swapd.
-pub fn json_headers(
+/// The header lines for a request that swapd sends to `peer` outside [`forward`]: the client's
+/// headers as for any peer request (its credentials replaced by the peer's `apiKey`, the hop
+/// added to `X-Forwarded-For` and `Via`), and with `json` (an Ollama request that swapd
+/// translated to the OpenAI API) `Content-Type: application/json` instead of the client's.
+/// `Err` with the message (logged) when the request already passed through this swapd.
+pub fn outgoing_headers(
     app: &App,
     request: &tiny_http::Request,
     peer: &PeerConfig,
     requested: &str,
+    json: bool,
 ) -> Result<Vec<u8>, String> {
     let via = super::routes::header(request, "Via").unwrap_or("");
     if let Some(message) = loop_message(app, via, peer, requested) {
         return Err(message);
+    }
+    if !json {
+        return Ok(peer_headers(app, request, peer, via));
     }
     let mut lines = b"Content-Type: application/json\r\n".to_vec();
     lines.extend_from_slice(&peer_headers_except(

@@ -850,3 +850,33 @@ fn ollama_routes_reach_peer_models() {
         "peer requests start no local model"
     );
 }
+
+#[test]
+fn websocket_upgrades_reach_peer_models() {
+    let peer = FakePeer::start("served-by-peer");
+    let front = Daemon::start(&front_config(
+        &["local"],
+        "",
+        &format!(
+            "  one: {{proxy: '{}', models: [m1], apiKey: peer-key}}\n",
+            peer.url()
+        ),
+    ));
+    let (mut session, head, early) =
+        crate::upgrade::upgrade(&front.addr, "/upstream/one/m1/ws?x=1");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("X-Upgraded-Target: /ws?x=1\r\n"), "{head}");
+    crate::upgrade::read_exactly(&mut session, early, b"welcome\n");
+    session.write_all(b"over the hop").expect("send");
+    crate::upgrade::read_exactly(&mut session, Vec::new(), b"over the hop");
+    // The handshake went with the headers of any peer request.
+    let sent = peer
+        .requests()
+        .into_iter()
+        .find(|r| r["path"] == "/ws?x=1")
+        .expect("the peer got the upgrade");
+    assert_eq!(sent["headers"]["authorization"], "Bearer peer-key");
+    assert_eq!(sent["headers"]["upgrade"], "echo");
+    assert!(sent["headers"]["via"].is_string(), "{sent}");
+    assert!(front.children().is_empty(), "no local model started");
+}

@@ -10,7 +10,7 @@ use crate::common::*;
 
 /// Sends an upgrade request for `path` and reads the answer's head; returns the socket, the
 /// head and any bytes read after it.
-fn upgrade(addr: &str, path: &str) -> (TcpStream, String, Vec<u8>) {
+pub(crate) fn upgrade(addr: &str, path: &str) -> (TcpStream, String, Vec<u8>) {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -38,7 +38,7 @@ fn upgrade(addr: &str, path: &str) -> (TcpStream, String, Vec<u8>) {
 }
 
 /// Reads until `expected` has arrived after `already`.
-fn read_exactly(stream: &mut TcpStream, mut already: Vec<u8>, expected: &[u8]) {
+pub(crate) fn read_exactly(stream: &mut TcpStream, mut already: Vec<u8>, expected: &[u8]) {
     let mut piece = [0u8; 4096];
     while already.len() < expected.len() {
         let n = stream.read(&mut piece).expect("read");

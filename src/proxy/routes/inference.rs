@@ -233,10 +233,18 @@ pub(super) fn upstream(
                 format!("model {model_id} is not loaded; path matches upstream.ignorePaths");
             return http::send_error(request, 409, &message, None, &[]);
         }
-        if super::websocket::is_upgrade(&request) {
-            let path = crate::upstream::path_and_query(remainder, query);
-            return super::websocket::pass(app, request, model_id, &path);
-        }
+    }
+    if super::websocket::is_upgrade(&request) {
+        let path = crate::upstream::path_and_query(remainder, query);
+        return match &target {
+            extract::UpstreamTarget::Local(model_id) => {
+                super::websocket::pass(app, request, model_id, &path)
+            }
+            extract::UpstreamTarget::Peer(name) => match config.peers.resolve(name) {
+                Some((peer, _)) => super::websocket::pass_to_peer(app, request, name, peer, &path),
+                None => http::send_error(request, 404, "peer model not found", None, &[]),
+            },
+        };
     }
     let limits = app.limits();
     let body = match read_body(app, &mut request, limits.max_body_bytes) {

@@ -73,21 +73,39 @@ pub(super) fn pass(app: &App, request: tiny_http::Request, model_id: &str, path:
         }
     };
     drop(config);
-    relay(app, request, model_id, &base, path, lease);
+    let headers = inference::forwarded_headers(&request);
+    relay(app, request, model_id, &base, path, headers, lease);
 }
 
+/// Passes the upgrade request `request` for the peer model `name` to `peer`, at `path` (with
+/// its query) on the peer's server, with the headers of any peer request.
+pub(super) fn pass_to_peer(
+    app: &App,
+    request: tiny_http::Request,
+    name: &str,
+    peer: &crate::config::PeerConfig,
+    path: &str,
+) {
+    match super::super::peers::outgoing_headers(app, &request, peer, name, false) {
+        Ok(headers) => relay(app, request, name, &peer.proxy, path, headers, None),
+        Err(message) => http::send_error(request, 508, &message, Some("loop_detected"), &[]),
+    }
+}
+
+/// Sends the upgrade with `headers` (the client's, hop-by-hop ones left out) to `base` and,
+/// after a 101, copies both ways until either side ends; `lease` is held meanwhile.
 fn relay(
     app: &App,
     request: tiny_http::Request,
     model_id: &str,
     base: &str,
     path: &str,
+    mut headers: Vec<u8>,
     lease: Option<Lease>,
 ) {
     let protocol = header(&request, "Upgrade")
         .unwrap_or("websocket")
         .to_string();
-    let mut headers = inference::forwarded_headers(&request);
     headers.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: ");
     headers.extend_from_slice(protocol.as_bytes());
     headers.extend_from_slice(b"\r\n");
