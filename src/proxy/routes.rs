@@ -61,6 +61,13 @@ pub fn handle(app: &App, request: tiny_http::Request, active: usize) {
     if path == "/health" || path == "/wol-health" {
         return http::send_text(request, 200, "OK");
     }
+    if method == "GET" && path == "/favicon.ico" {
+        // Open, as in llama-swap, so that a browser on an API page of a keyed swapd gets no
+        // login dialog for it; swapd has no icon (its UI declares an empty one).
+        let cache = [("Cache-Control", "max-age=86400")];
+        let _ = ResponseWriter::send_whole(request, 204, &cache, b"");
+        return;
+    }
     if method == "GET" && path == "/upstream" {
         let _ = ResponseWriter::send_whole(request, 302, &[("Location", "/ui/models")], b"");
         return;

@@ -23,6 +23,9 @@ fn health_needs_no_key_and_everything_else_does() {
     );
     assert!(redirect.starts_with("HTTP/1.1 302"), "{redirect}");
     assert!(redirect.contains("Location: /ui/models\r\n"), "{redirect}");
+    // No icon, and no key asked for it (a browser would show a login dialog).
+    let icon = get(&daemon.url("/favicon.ico"));
+    assert_eq!((icon.status, icon.body.as_str()), (204, ""));
     for path in [
         "/v1/models",
         "/running",
