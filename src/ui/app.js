@@ -155,6 +155,21 @@ function ttlLeft(model, now) {
   return "≈ " + duration(model.ttl - (now - since) / 1000);
 }
 
+// The capability flags of /v1/models (from a model's `capabilities` block), as short labels.
+const CAPABILITY_LABELS = {
+  vision: "vision", function_calling: "tools", audio_transcriptions: "speech in",
+  audio_speech: "speech out", image_generation: "image out", image_to_image: "image edit",
+  reranker: "reranker",
+};
+
+function capabilityBadges(model) {
+  const flags = model.capabilities || {};
+  const labels = Object.keys(CAPABILITY_LABELS).filter((flag) => flags[flag]).map((flag) => CAPABILITY_LABELS[flag]);
+  if (model.context_length) labels.push("ctx " + model.context_length);
+  if (!labels.length) return null;
+  return el("span", { class: "caps" }, ...labels.map((label) => el("span", { class: "cap" }, label)));
+}
+
 function renderModels() {
   const now = Date.now();
   const body = $("#models tbody");
@@ -162,7 +177,8 @@ function renderModels() {
     const stopped = model.state === "stopped";
     const busy = state.busy.has(model.id);
     return el("tr", { "data-key": model.id, "data-model": model.id, "data-state": model.state },
-      el("td", {}, el("strong", {}, model.id), model.name ? el("span", { class: "name" }, model.name) : null),
+      el("td", {}, el("strong", {}, model.id), model.name ? el("span", { class: "name" }, model.name) : null,
+        capabilityBadges(model)),
       el("td", {}, el("span", { class: "state state-" + model.state }, model.state)),
       el("td", { class: "wide" }, (model.aliases || []).join(", ") || "–"),
       el("td", { class: "wide" }, model.group || "–"),

@@ -57,6 +57,7 @@ models:
     aliases: [small]
     cmd: ${{llama}} --port ${{PORT}} -m ${{models}}/tiny-a.gguf
     ttl: 300
+    capabilities: {{in: [text, image], out: [text], tools: true, context: 2048}}
   tiny-b:
     name: Tiny B
     cmd: ${{llama}} --port ${{PORT}} -m ${{models}}/tiny-b.gguf
@@ -168,6 +169,10 @@ class TestUI(unittest.TestCase):
         self.assertIn("Tiny A", row)
         self.assertIn("small", row)  # alias
         self.assertIn("chat", row)  # group
+        # The capabilities block, as badges under the name.
+        badges = self.js("return [...document.querySelectorAll(\"#models tr[data-model='tiny-a'] .cap\")].map((b) => b.textContent);")
+        self.assertEqual(badges, ["vision", "tools", "ctx 2048"])
+        self.assertEqual(self.js("return document.querySelectorAll(\"#models tr[data-model='tiny-b'] .cap\").length;"), 0)
         self.assertEqual(self.severe_console_entries(), [])
 
     def test_2_load_button_starts_a_model_and_the_row_turns_ready(self):
