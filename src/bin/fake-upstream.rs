@@ -441,14 +441,7 @@ fn upgrade(req: &Request, protocol: &str, stream: &TcpStream, buf: &ReadBuffer) 
     w.write_all(head.as_bytes())?;
     // Bytes the client sent after its head are echoed first.
     w.write_all(buf.data())?;
-    let mut r = stream;
-    let mut piece = [0u8; 4096];
-    loop {
-        match std::io::Read::read(&mut r, &mut piece)? {
-            0 => break,
-            n => w.write_all(&piece[..n])?,
-        }
-    }
+    io::copy(&mut &*stream, &mut w)?;
     let _ = stream.shutdown(Shutdown::Both);
     Ok(())
 }

@@ -86,16 +86,12 @@ impl Capabilities {
         let reads = |modality: &str| self.input.iter().any(|m| m == modality);
         let writes = |modality: &str| self.output.iter().any(|m| m == modality);
         let mut flags = Map::new();
-        let both = !self.input.is_empty() && !self.output.is_empty();
         for (flag, holds) in [
             ("vision", reads("image")),
-            (
-                "audio_transcriptions",
-                both && reads("audio") && writes("text"),
-            ),
-            ("audio_speech", both && reads("text") && writes("audio")),
-            ("image_generation", both && reads("text") && writes("image")),
-            ("image_to_image", both && reads("image") && writes("image")),
+            ("audio_transcriptions", reads("audio") && writes("text")),
+            ("audio_speech", reads("text") && writes("audio")),
+            ("image_generation", reads("text") && writes("image")),
+            ("image_to_image", reads("image") && writes("image")),
             ("function_calling", self.tools),
             ("reranker", self.reranker),
         ] {

@@ -245,6 +245,15 @@ pub struct Filters {
     pub set_params_by_id: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
 }
 
+impl Filters {
+    /// Whether these filters change a JSON body requested as `requested`.
+    pub fn change_body_for(&self, requested: &str) -> bool {
+        !self.strip_params.is_empty()
+            || !self.set_params.is_empty()
+            || self.set_params_by_id.contains_key(requested)
+    }
+}
+
 /// A set of models with shared swapping rules.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupConfig {

@@ -242,10 +242,7 @@ impl Upstream {
     fn timeouts(&self, app: &App) -> (Duration, Option<Duration>) {
         match self {
             Upstream::Local(lease) => app.model_timeouts(lease.model()),
-            Upstream::Peer { peer, .. } => (
-                peer.read_timeout.unwrap_or(app.limits().upstream_timeout),
-                Some(peer.connect_timeout),
-            ),
+            Upstream::Peer { peer, .. } => app.peer_timeouts(peer),
         }
     }
 }
@@ -452,10 +449,7 @@ fn upstream_body(app: &App, resolved: &Resolved, mut body: Value) -> Result<Vec<
         body["model"] = json!(peer.model);
         let bytes = serde_json::to_vec(&body).expect("a JSON value always serialises");
         let filters = &peer.peer.filters;
-        if filters.strip_params.is_empty()
-            && filters.set_params.is_empty()
-            && !filters.set_params_by_id.contains_key(&resolved.name)
-        {
+        if !filters.change_body_for(&resolved.name) {
             return Ok(bytes);
         }
         return crate::proxy::extract::rewrite_json_with(&bytes, filters, &resolved.name, None)

@@ -299,10 +299,7 @@ pub fn rewrite_multipart_model(
 
 /// Whether forwarding this model's JSON requests needs the body rewritten.
 pub fn needs_json_rewrite(model: &ModelConfig, requested: &str) -> bool {
-    model.use_model_name.is_some()
-        || !model.filters.strip_params.is_empty()
-        || !model.filters.set_params.is_empty()
-        || model.filters.set_params_by_id.contains_key(requested)
+    model.use_model_name.is_some() || model.filters.change_body_for(requested)
 }
 
 /// Applies `useModelName`, `stripParams`, `setParams` and `setParamsByID` (chosen by the

@@ -180,6 +180,15 @@ impl App {
         (read, timeouts.connect)
     }
 
+    /// The read and connect timeouts for `peer`: its own `timeouts` where set, else swapd's
+    /// (`swapd.upstreamTimeout`; a peer always has a connect timeout, 2 s by default).
+    pub fn peer_timeouts(&self, peer: &crate::config::PeerConfig) -> (Duration, Option<Duration>) {
+        let read = peer
+            .read_timeout
+            .unwrap_or_else(|| self.config().limits.upstream_timeout);
+        (read, Some(peer.connect_timeout))
+    }
+
     /// When this App was made (the daemon's start, for uptimes).
     pub fn started_at(&self) -> Instant {
         self.started_at

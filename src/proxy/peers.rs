@@ -146,7 +146,6 @@ pub struct PeerCall<'a> {
 pub fn forward(
     app: &App,
     request: tiny_http::Request,
-    config: &Config,
     peer: &PeerConfig,
     peer_model: &str,
     call: PeerCall<'_>,
@@ -165,12 +164,9 @@ pub fn forward(
     let body = match call.source {
         _ if !rewrite => call.body,
         ModelSource::JsonBody => {
-            let filters = &peer.filters;
-            let filtered = !filters.strip_params.is_empty()
-                || !filters.set_params.is_empty()
-                || filters.set_params_by_id.contains_key(call.requested);
-            if renamed || filtered {
+            if renamed || peer.filters.change_body_for(call.requested) {
                 let new_model = renamed.then_some(peer_model);
+                let filters = &peer.filters;
                 match extract::rewrite_json_with(&call.body, filters, call.requested, new_model) {
                     Ok(body) => body,
                     Err(error) => {
@@ -198,7 +194,7 @@ pub fn forward(
     let outgoing = Outgoing {
         method: call.method.to_string(),
         path_and_query: crate::upstream::path_and_query(&call.upstream_path, &query),
-        headers: peer_headers(app, &request, peer, &via),
+        headers: peer_headers(app, &request, peer, &via, None),
         body,
         metered: !matches!(call.source, ModelSource::Query),
     };
@@ -208,14 +204,15 @@ pub fn forward(
         .inflight
         .begin(call.requested, outgoing, request.remote_addr().copied());
     let outgoing = tracked.entry.outgoing();
+    let (read_timeout, connect_timeout) = app.peer_timeouts(peer);
     let target = Target {
         base: &peer.proxy,
         kind: TargetKind::Peer {
             id: &peer.id,
             address: peer.address(),
         },
-        read_timeout: peer.read_timeout.unwrap_or(config.limits.upstream_timeout),
-        connect_timeout: Some(peer.connect_timeout),
+        read_timeout,
+        connect_timeout,
     };
     let outcome = forward::forward_to(
         app,
@@ -293,16 +290,10 @@ pub fn outgoing_headers(
         return Err(message);
     }
     if !json {
-        return Ok(peer_headers(app, request, peer, via));
+        return Ok(peer_headers(app, request, peer, via, None));
     }
     let mut lines = b"Content-Type: application/json\r\n".to_vec();
-    lines.extend_from_slice(&peer_headers_except(
-        app,
-        request,
-        peer,
-        via,
-        "content-type",
-    ));
+    lines.extend_from_slice(&peer_headers(app, request, peer, via, Some("content-type")));
     Ok(lines)
 }
 
@@ -333,17 +324,13 @@ fn percent_encode(text: &str) -> String {
 /// The client's headers for the peer: hop-by-hop ones dropped (the upstream client writes
 /// `Host` from the peer URL), credentials replaced when the peer has an `apiKey`, and the hop
 /// recorded in `X-Forwarded-For` and `Via`.
-fn peer_headers(app: &App, request: &tiny_http::Request, peer: &PeerConfig, via: &str) -> Vec<u8> {
-    peer_headers_except(app, request, peer, via, "via")
-}
-
-/// [`peer_headers`], leaving out the client's `skip` header too.
-fn peer_headers_except(
+/// `skip` names one more client header to leave out.
+fn peer_headers(
     app: &App,
     request: &tiny_http::Request,
     peer: &PeerConfig,
     via: &str,
-    skip: &str,
+    skip: Option<&str>,
 ) -> Vec<u8> {
     let mut lines = Vec::with_capacity(512);
     let mut forwarded_for = String::new();
@@ -351,7 +338,7 @@ fn peer_headers_except(
         let name = header.field.as_str().as_str();
         if forward::is_hop_by_hop(name)
             || name.eq_ignore_ascii_case("via")
-            || name.eq_ignore_ascii_case(skip)
+            || skip.is_some_and(|skip| name.eq_ignore_ascii_case(skip))
         {
             continue;
         }

@@ -82,7 +82,7 @@ pub(super) fn model_request(
                 upstream_path,
                 query,
             };
-            return super::super::peers::forward(app, request, &config, peer, peer_model, call);
+            return super::super::peers::forward(app, request, peer, peer_model, call);
         }
         return http::send_error(
             request,
@@ -274,7 +274,7 @@ pub(super) fn upstream(
                 upstream_path: Cow::Owned(remainder.to_string()),
                 query,
             };
-            return super::super::peers::forward(app, request, &config, peer, peer_model, call);
+            return super::super::peers::forward(app, request, peer, peer_model, call);
         }
     };
     let outgoing = outgoing(&request, method, remainder, query, body, source);
