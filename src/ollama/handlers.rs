@@ -21,7 +21,7 @@ use crate::http::ResponseWriter;
 use crate::proxy::acquire::{wait_for_lease, Waited};
 use crate::proxy::forward::{cancel_message, cancellable, Outgoing};
 use crate::proxy::{read_body, App, ClientSocket};
-use crate::supervisor::{AcquireError, IdleOverride, Lease};
+use crate::supervisor::{IdleOverride, Lease};
 use crate::upstream::UpstreamError;
 
 use super::catalog;
@@ -281,16 +281,8 @@ fn acquire(
         Err(Waited::ClientLeft) => return Err(None),
         Err(Waited::Cancelled(message)) => Failure::new(503, message),
         Err(Waited::Failed(error)) => {
-            let status = match &error {
-                AcquireError::UnknownModel(_) => 404,
-                AcquireError::TooManyRequests(_) => 429,
-                AcquireError::StartFailed(_)
-                | AcquireError::Unloaded(_)
-                | AcquireError::ShuttingDown
-                | AcquireError::TooLarge(_) => 503,
-                #[allow(unreachable_patterns)] // non_exhaustive for other crates only.
-                _ => 500,
-            };
+            // The OpenAI routes' status; Ollama's errors carry no code.
+            let (status, _, _) = crate::proxy::acquire::error_status(&error);
             let mut failure = Failure::new(status, error.to_string());
             failure.retry_after = status == 429;
             failure

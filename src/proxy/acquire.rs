@@ -1,5 +1,6 @@
 //! Waiting for a lease on a model outside the OpenAI routes' own loop (which also streams
-//! loading progress): the Ollama routes and websocket upgrades.
+//! loading progress): the Ollama routes and websocket upgrades; and the HTTP status every route
+//! gives a model that could not be had.
 
 use std::time::Duration;
 
@@ -62,5 +63,27 @@ pub fn wait_for_lease(
                 }
             }
         }
+    }
+}
+
+/// The HTTP status, error code and extra headers for a model that could not be had.
+pub fn error_status(
+    error: &AcquireError,
+) -> (
+    u16,
+    Option<&'static str>,
+    &'static [(&'static str, &'static str)],
+) {
+    match error {
+        AcquireError::UnknownModel(_) => (404, Some("model_not_found"), &[]),
+        AcquireError::TooManyRequests(_) => {
+            (429, Some("concurrency_limit"), &[("Retry-After", "1")])
+        }
+        AcquireError::StartFailed(_) => (503, Some("model_start_failed"), &[]),
+        AcquireError::Unloaded(_) => (503, Some("model_unloaded"), &[]),
+        AcquireError::ShuttingDown => (503, Some("shutting_down"), &[]),
+        AcquireError::TooLarge(_) => (503, Some("model_too_large"), &[]),
+        #[allow(unreachable_patterns)] // AcquireError is non_exhaustive for other crates only.
+        _ => (500, None, &[]),
     }
 }

@@ -331,7 +331,7 @@ pub(super) fn is_ready(app: &App, model_id: &str) -> bool {
 
 /// Answers a request whose model could not be had.
 pub(super) fn send_acquire_error(request: tiny_http::Request, error: &AcquireError) {
-    let (status, code, extra) = acquire_error_status(error);
+    let (status, code, extra) = super::super::acquire::error_status(error);
     http::send_error(request, status, &error.to_string(), code, extra);
 }
 
@@ -368,7 +368,7 @@ fn proxy_to(
         match ticket.wait(Duration::from_millis(250)) {
             Some(Reply::Granted(lease)) => break lease,
             Some(Reply::Failed(error)) => {
-                let (status, code, extra) = acquire_error_status(&error);
+                let (status, code, extra) = super::super::acquire::error_status(&error);
                 let message = error.to_string();
                 match (request.take(), loading.take()) {
                     (Some(request), _) => http::send_error(request, status, &message, code, extra),
@@ -504,27 +504,6 @@ fn record(
     });
     if outgoing.metered {
         forward::record_activity(app, model_id, path, duration, outcome);
-    }
-}
-
-fn acquire_error_status(
-    error: &AcquireError,
-) -> (
-    u16,
-    Option<&'static str>,
-    &'static [(&'static str, &'static str)],
-) {
-    match error {
-        AcquireError::UnknownModel(_) => (404, Some("model_not_found"), &[]),
-        AcquireError::TooManyRequests(_) => {
-            (429, Some("concurrency_limit"), &[("Retry-After", "1")])
-        }
-        AcquireError::StartFailed(_) => (503, Some("model_start_failed"), &[]),
-        AcquireError::Unloaded(_) => (503, Some("model_unloaded"), &[]),
-        AcquireError::ShuttingDown => (503, Some("shutting_down"), &[]),
-        AcquireError::TooLarge(_) => (503, Some("model_too_large"), &[]),
-        #[allow(unreachable_patterns)] // AcquireError is non_exhaustive for other crates only.
-        _ => (500, None, &[]),
     }
 }
 
